@@ -1,0 +1,194 @@
+"""The Faust app: topics, changelog-backed tables and agents. Wiring only.
+
+Each agent takes a batch of raw records (``take_events``), hands it to
+:class:`freshrec.state.pipeline.Pipeline`, writes each row the batch changed to its table's
+changelog once (explicit partition: the source partition, so tables stay co-partitioned with the
+input), dead-letters rejected records, and flushes coalesced Redis updates when due.
+
+All of a batch's changelog writes are queued before control returns to the event loop, and Faust
+flushes the producer before it commits offsets, so a committed offset never runs ahead of the rows
+that reflect it (row watermarks make the replays after a crash harmless).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import Any, Mapping
+
+import faust
+import orjson
+import redis.asyncio as aioredis
+
+from freshrec.settings import Settings, state_dir
+from freshrec.state.pipeline import Pipeline, Record
+from freshrec.state.publisher import publish
+from freshrec.streams.deadletter import deadletter_record
+
+log = logging.getLogger("freshrec.worker")
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+class WorkerRuntime:
+    """What the agents share: the pipeline, the Redis client, and flush serialisation."""
+
+    def __init__(self, settings: Settings, pipeline: Pipeline, redis_client: Any) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.redis = redis_client
+        self.flush_lock = asyncio.Lock()
+        self.needs_rebuild = True
+        self.freshness_ms: collections.deque[int] = collections.deque(maxlen=20000)
+        self.redis_errors = 0
+
+    async def flush(self, force: bool = False) -> None:
+        """Recompute what is due and write it to Redis in one pipeline."""
+        async with self.flush_lock:
+            updates = self.pipeline.collect_updates(force=force)
+            if not updates:
+                return
+            try:
+                await publish(self.redis, updates, self.settings.recs_ttl_s)
+            except Exception as exc:  # Redis down: keep consuming, lists catch up on recovery
+                self.redis_errors += 1
+                log.warning("redis publish failed (%s); will retry with the next flush", exc)
+                return
+            self.freshness_ms.extend(updates.freshness_ms)
+            self.pipeline.counters["published"] += len(updates.sets)
+
+    def stats(self) -> dict:
+        fresh = sorted(self.freshness_ms)
+
+        def q(p: float) -> int | None:
+            return fresh[min(len(fresh) - 1, int(p * len(fresh)))] if fresh else None
+
+        return {"counters": dict(self.pipeline.counters), "freshness_ms": {"p50": q(0.5), "p99": q(0.99),
+                "n": len(fresh)}, "redis_errors": self.redis_errors,
+                "items": len(self.pipeline.features.item_stats), "users": len(self.pipeline.features.users)}
+
+
+def _records(events: list) -> list[Record]:
+    return [Record(e.message.topic, e.message.partition, e.message.offset, e.message.value,
+                   e.message.key, int(e.message.timestamp * 1000) if e.message.timestamp else None)
+            for e in events]
+
+
+def _write_rows(table: faust.Table, rows: Mapping[str, int]) -> None:
+    data = table.data
+    for key, partition in rows.items():
+        table.send_changelog(partition, key, data.get(key))
+
+
+def create_app(settings: Settings) -> faust.App:
+    """Build the Faust app for ``settings`` (topics must exist: see ``streams.topics``)."""
+    datadir = state_dir() / "worker" / settings.app_id
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{b.strip()}" for b in settings.kafka_brokers.split(",")],
+        store="memory://",
+        autodiscover=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        web_enabled=settings.web_port > 0,
+        web_port=settings.web_port or 6066,
+        web_bind="127.0.0.1",
+        datadir=str(datadir),
+        producer_max_request_size=MAX_MESSAGE_BYTES,
+        consumer_max_fetch_size=MAX_MESSAGE_BYTES,
+        stream_buffer_maxsize=max(4096, settings.batch_max * 2),
+        broker_commit_interval=1.0,
+    )
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    interactions = app.topic(settings.interactions_topic, **raw)
+    catalogue = app.topic(settings.catalogue_topic, **raw)
+    deadletter = app.topic(settings.deadletter_topic, **raw)
+
+    def table(name: str) -> faust.Table:
+        return app.Table(name, partitions=settings.partitions,
+                         schema=faust.Schema(key_serializer="json", value_serializer="json"))
+
+    users, items, covis, catalogue_rows = table("users"), table("items"), table("covis"), table("catalogue")
+    runtime_box: dict[str, WorkerRuntime] = {}
+
+    def runtime() -> WorkerRuntime:
+        rt = runtime_box.get("rt")
+        if rt is None:
+            pipeline = Pipeline(settings, users.data, items.data, covis.data, catalogue_rows.data)
+            rt = runtime_box["rt"] = WorkerRuntime(settings, pipeline, aioredis.from_url(settings.redis_url))
+            app.freshrec_runtime = rt
+        if rt.needs_rebuild and app.tables.recovery.completed.is_set():
+            rt.pipeline.rebuild()
+            rt.needs_rebuild = False
+            log.info("state rebuilt: %d users, %d items", len(users.data), len(rt.pipeline.features.item_stats))
+        return rt
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
+        if "rt" in runtime_box:
+            runtime_box["rt"].needs_rebuild = True
+
+    async def dead_letter(rejected: list) -> None:
+        for rej in rejected:
+            r = rej.record
+            value, headers = deadletter_record(r.value or b"", rej.reason, rej.detail, r.topic,
+                                               r.partition, r.offset)
+            await deadletter.send(key=r.key, value=value, headers=headers)
+            log.warning("dead-lettered %s[%d]@%d: %s: %s", r.topic, r.partition, r.offset,
+                        rej.reason, rej.detail)
+
+    batch_within = settings.batch_within_ms / 1000.0
+
+    @app.agent(interactions, name="interactions")
+    async def process_interactions(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.batch_max, within=batch_within):
+            rt = runtime()
+            result = rt.pipeline.process_interactions(_records(events))
+            _write_rows(users, result.dirty.users)
+            _write_rows(items, result.dirty.items)
+            _write_rows(covis, result.dirty.covis)
+            await dead_letter(result.rejected)
+            if rt.pipeline.due():
+                await rt.flush()
+
+    @app.agent(catalogue, name="catalogue")
+    async def process_catalogue(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.batch_max, within=batch_within):
+            rt = runtime()
+            result = rt.pipeline.process_catalogue(_records(events))
+            _write_rows(catalogue_rows, result.catalogue_dirty)
+            await dead_letter(result.rejected)
+
+    @app.timer(interval=max(0.02, settings.recompute_interval_ms / 4000.0))
+    async def flush_timer() -> None:
+        if not app.tables.recovery.completed.is_set():
+            return
+        rt = runtime()
+        if not rt.needs_rebuild and rt.pipeline.due():
+            await rt.flush()
+
+    @app.timer(interval=5.0)
+    async def report() -> None:
+        if "rt" not in runtime_box:
+            return
+        rt = runtime_box["rt"]
+        stats = rt.stats()
+        try:
+            await rt.redis.set(rt.pipeline.keys.worker_stats(settings.app_id), orjson.dumps(stats))
+        except Exception:  # noqa: BLE001 - stats are best effort
+            pass
+        log.info("stats %s", orjson.dumps(stats).decode())
+
+    return app
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    """Create the topics if missing, then run the worker until interrupted."""
+    from freshrec.streams.topics import ensure_topics
+
+    ensure_topics(settings)
+    app = create_app(settings)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()

@@ -1,0 +1,202 @@
+"""``freshrec``: the command line. Run ``freshrec --help``, or ``freshrec COMMAND --help``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import orjson
+
+from freshrec.settings import Settings, load_settings, state_dir
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """freshrec: a streaming real-time recommender.
+
+    Interaction and catalogue events go into Kafka, a Faust worker keeps online features and
+    publishes fresh ranked lists to Redis, where frontends read them with one GET.
+
+    \b
+    Typical local session:
+      freshrec dev up                 # local Kafka (KRaft) + redis-server on free ports
+      freshrec worker &               # consume, learn, publish
+      freshrec replay --dataset synthetic
+      freshrec recs 42                # the list a frontend would read
+    Or all at once: freshrec demo.
+
+    Configuration comes from FRESHREC_* environment variables (see the README); without
+    FRESHREC_KAFKA_BROKERS / FRESHREC_REDIS_URL the addresses of `freshrec dev up` are used.
+    """
+
+
+def _register_optional() -> None:
+    from freshrec.localinfra.cli import dev
+    from freshrec.streams.cli import produce, replay
+
+    main.add_command(dev)
+    main.add_command(produce)
+    main.add_command(replay)
+    from freshrec.bench import bench
+
+    main.add_command(bench)
+
+
+@main.command()
+@click.option("--loglevel", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def worker(loglevel: str) -> None:
+    """Run the stream worker (Faust) with settings from the environment.
+
+    Creates the topics when missing, recovers its tables from their changelog topics, then
+    consumes interactions and catalogue events and publishes lists to Redis until stopped.
+    """
+    from freshrec.agents.app import run_worker
+
+    sys.argv = [sys.argv[0], "worker"]  # Faust's worker parses argv; keep ours out of it
+    run_worker(load_settings(), loglevel=loglevel)
+
+
+def read_recs(settings: Settings, user_id: str) -> dict | None:
+    """The published list document for ``user_id``, or None when there is none."""
+    import redis
+
+    from freshrec.state.publisher import RedisKeys
+
+    raw = redis.Redis.from_url(settings.redis_url).get(RedisKeys(settings.redis_prefix).recs(user_id))
+    return None if raw is None else orjson.loads(raw)
+
+
+def format_recs(doc: dict, catalogue_titles: dict[str, str] | None = None) -> str:
+    lines = [f"user {doc['user_id']}  model={doc['model']}  generated_at={doc['generated_at']}  "
+             f"event_ts={doc['event_ts']}  ({len(doc['items'])} items)"]
+    for rank, entry in enumerate(doc["items"], 1):
+        title = (catalogue_titles or {}).get(entry["item_id"], "")
+        lines.append(f"  {rank:>3}. {entry['item_id']:<12} {entry['score']:>10.5f}  {title}")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("user_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON document.")
+def recs(user_id: str, as_json: bool) -> None:
+    """Print USER_ID's recommendation list as published in Redis (what a frontend reads)."""
+    settings = load_settings()
+    doc = read_recs(settings, user_id)
+    if doc is None:
+        raise click.ClickException(
+            f"no list for user {user_id!r} in {settings.redis_url} (key "
+            f"{settings.redis_prefix}:recs:{user_id}); has the worker seen events for this user?")
+    click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() if as_json else format_recs(doc))
+
+
+def start_worker_process(settings: Settings, log_path: Path,
+                         extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``freshrec worker`` as a child process with ``settings`` in its environment."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **settings.to_env(), **(extra_env or {})}
+    return subprocess.Popen([sys.executable, "-m", "freshrec", "worker"], env=env,
+                            stdout=log_path.open("ab"), stderr=subprocess.STDOUT)
+
+
+def wait_caught_up(settings: Settings, timeout_s: float = 600.0, quiet: bool = False,
+                   proc: subprocess.Popen | None = None) -> float:
+    """Block until the worker's consumer group has no lag; returns the seconds waited."""
+    from freshrec.streams.lag import total_lag
+
+    t0 = time.monotonic()
+    last_print = 0.0
+    topics = [settings.interactions_topic, settings.catalogue_topic]
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise click.ClickException(f"the worker exited with code {proc.returncode}")
+        try:
+            lag = total_lag(settings.kafka_brokers, settings.app_id, topics)
+        except Exception:  # noqa: BLE001 - the group may not exist yet
+            lag = -1
+        elapsed = time.monotonic() - t0
+        if lag == 0:
+            return elapsed
+        if elapsed > timeout_s:
+            raise click.ClickException(f"worker still lagging ({lag} events) after {timeout_s:.0f}s")
+        if not quiet and elapsed - last_print >= 2.0:
+            click.echo(f"  waiting for the worker: lag {lag if lag >= 0 else '?'} events", err=True)
+            last_print = elapsed
+        time.sleep(0.25)
+
+
+@main.command()
+@click.option("--dataset", default="synthetic", show_default=True,
+              help="What to replay: synthetic[:users=..,items=..,events=..], movielens:PATH, mind:PATH.")
+@click.option("--rate", type=float, default=None, help="Replay rate in events/s (default: as fast as possible).")
+@click.option("--limit", type=int, default=None, help="Replay at most this many events.")
+@click.option("--show", "show_users", default=3, show_default=True, help="How many users' lists to print.")
+@click.option("--keep-running/--stop-worker", default=False, show_default=True,
+              help="Leave the worker running after the replay.")
+def demo(dataset: str, rate: float | None, limit: int | None, show_users: int, keep_running: bool) -> None:
+    """The whole pipeline locally: services up, worker, replay with progress, lists from Redis.
+
+    Starts Kafka and Redis (`freshrec dev up`), creates fresh topics for this run, starts a
+    worker, replays DATASET into Kafka, waits until the worker has consumed everything and
+    prints a few users' recommendation lists read back from Redis.
+    """
+    from freshrec.localinfra.stack import DevStack
+    from freshrec.streams.datasets import load_dataset
+    from freshrec.streams.producer import EventProducer
+    from freshrec.streams.replay import replay as run_replay
+    from freshrec.streams.topics import ensure_topics
+
+    click.echo("1/4 starting local Kafka and Redis ...", err=True)
+    DevStack().up()
+    run = time.strftime("%Y%m%d%H%M%S")
+    base = load_settings()
+    settings = base.replace(topic_prefix=f"{base.topic_prefix}-demo-{run}", app_id=f"{base.app_id}-demo-{run}")
+    ensure_topics(settings)
+    log_path = state_dir() / "demo" / f"worker-{run}.log"
+    click.echo(f"2/4 starting the worker (log: {log_path}) ...", err=True)
+    proc = start_worker_process(settings, log_path)
+    try:
+        click.echo(f"3/4 replaying {dataset} into {settings.interactions_topic} ...", err=True)
+        events = load_dataset(dataset)
+        with EventProducer(settings) as producer:
+            summary = run_replay(events, producer, rate=rate, progress=True, limit=limit)
+        click.echo(summary.format(), err=True)
+        click.echo("4/4 waiting for the worker to catch up ...", err=True)
+        waited = wait_caught_up(settings, proc=proc)
+        time.sleep((settings.recompute_interval_ms + settings.trending_interval_ms) / 1000.0 + 0.5)
+        click.echo(f"worker caught up {waited:.1f}s after the replay ended\n", err=True)
+        _print_some_lists(settings, show_users)
+    finally:
+        if not keep_running:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    click.echo("\nTry: freshrec recs <user_id>   (services stay up; `freshrec dev down` stops them)", err=True)
+
+
+def _print_some_lists(settings: Settings, n: int) -> None:
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url)
+    keys = sorted(client.scan_iter(match=f"{settings.redis_prefix}:recs:*", count=1000))[:n]
+    if not keys:
+        raise click.ClickException("no recommendation lists found in Redis")
+    for key in keys:
+        click.echo(format_recs(orjson.loads(client.get(key))))
+        click.echo("")
+    raw = client.get(f"{settings.redis_prefix}:trending")
+    if raw:
+        doc = orjson.loads(raw)
+        click.echo("trending: " + ", ".join(e["item_id"] for e in doc["items"][:10]))
+
+
+try:
+    _register_optional()
+except ImportError as exc:  # pragma: no cover - only while a module is missing
+    print(f"freshrec: some commands are unavailable: {exc}", file=sys.stderr)

@@ -1,0 +1,134 @@
+"""One typed settings object, read from ``FRESHREC_*`` environment variables.
+
+Every command and the worker build their configuration with :func:`load_settings`. When the
+Kafka/Redis addresses are not given in the environment, the addresses written by
+``freshrec dev up`` (``.freshrec/dev/services.json``) are used, so the local stack "just works".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import orjson
+
+ENV_PREFIX = "FRESHREC_"
+
+
+def state_dir() -> Path:
+    """Where local runtime files live (dev services, worker data). Ignored by git."""
+    return Path(os.environ.get("FRESHREC_HOME", ".freshrec")).resolve()
+
+
+def cache_dir() -> Path:
+    """Download cache (Kafka jars), shared by every checkout on the machine."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "freshrec"
+    return Path(os.environ.get("FRESHREC_CACHE_DIR", default)).resolve()
+
+
+def dev_services_file() -> Path:
+    return state_dir() / "dev" / "services.json"
+
+
+def _dev_services() -> dict[str, str]:
+    path = dev_services_file()
+    if path.exists():
+        try:
+            return orjson.loads(path.read_bytes())
+        except orjson.JSONDecodeError:
+            return {}
+    return {}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All configuration. Field ``x`` is read from ``FRESHREC_X`` (upper case)."""
+
+    # --- where things are
+    kafka_brokers: str = "localhost:9092"  # comma-separated bootstrap servers
+    redis_url: str = "redis://localhost:6379/0"
+    topic_prefix: str = "freshrec"  # topics are {prefix}.interactions, {prefix}.catalogue, ...
+    partitions: int = 8  # partitions of the interactions and catalogue topics (created on start)
+    replication_factor: int = 1
+    app_id: str = "freshrec"  # Faust app id = consumer group and changelog topic prefix
+    web_port: int = 6066  # Faust web server (metrics/health later); 0 disables it
+    # --- input contract
+    max_event_bytes: int = 65536  # larger payloads are dead-lettered as oversized
+    max_future_s: float = 86400.0  # events with ts further in the future are dead-lettered
+    # --- online features
+    half_life_s: float = 86400.0  # event-time half-life of popularity / co-visitation decay
+    history_len: int = 50  # per user: last N items kept (with time)
+    seen_max: int = 2000  # per user: bounded seen set
+    dedupe_window: int = 1000  # per user: recent event_ids remembered for idempotence
+    covis_window: int = 10  # co-visitation pairs with the user's last W items
+    covis_half_life_s: float = 30 * 86400.0  # event-time half-life of co-visitation weights
+    covis_max_neighbors: int = 200  # per item: strongest co-visited neighbours kept
+    ctr_prior_clicks: float = 1.0  # Beta prior for CTR: (clicks + a) / (impressions + a + b)
+    ctr_prior_impressions: float = 20.0
+    # --- recommendations and publishing
+    recs_k: int = 20  # list length published per user
+    similar_k: int = 20
+    trending_k: int = 50
+    recompute_interval_ms: int = 200  # a user's list is recomputed at most once per interval
+    trending_interval_ms: int = 1000  # trending / similar lists refresh interval
+    redis_prefix: str = "freshrec"
+    recs_ttl_s: int = 7 * 86400  # TTL of published keys; 0 = no expiry
+    # --- batching
+    batch_max: int = 2000  # events per processing batch
+    batch_within_ms: int = 20  # max wait to fill a batch
+
+    @property
+    def interactions_topic(self) -> str:
+        return f"{self.topic_prefix}.interactions"
+
+    @property
+    def catalogue_topic(self) -> str:
+        return f"{self.topic_prefix}.catalogue"
+
+    @property
+    def deadletter_topic(self) -> str:
+        return f"{self.topic_prefix}.deadletter"
+
+    @property
+    def audit_topic(self) -> str:
+        return f"{self.topic_prefix}.audit"
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+
+
+def _coerce(raw: str, typ: Any, name: str) -> Any:
+    try:
+        if typ in (int, "int"):
+            return int(raw)
+        if typ in (float, "float"):
+            return float(raw)
+        if typ in (bool, "bool"):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        return raw
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r}: expected {typ}") from exc
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from ``env`` (default ``os.environ``), dev-stack addresses, then ``overrides``."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    dev = _dev_services()
+    if dev.get("kafka_brokers"):
+        values["kafka_brokers"] = dev["kafka_brokers"]
+    if dev.get("redis_url"):
+        values["redis_url"] = dev["redis_url"]
+    for f in fields(Settings):
+        key = ENV_PREFIX + f.name.upper()
+        if key in env and env[key] != "":
+            values[f.name] = _coerce(env[key], f.type, f.name)
+    values.update(overrides)
+    return Settings(**values)

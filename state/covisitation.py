@@ -1,0 +1,103 @@
+"""Item-to-item co-visitation: items a user engaged with close together in time, decayed.
+
+When a user engages with item ``j``, each of their previous ``window`` items ``i`` gets a pair
+``(i, j)`` weighted ``1 / distance`` (most recent neighbour counts most) in both directions.
+A row is ``{"n": {neighbour: weight}, "t0": ms, "wm": offset}``; weights decay in event time.
+Rows keep the strongest ``max_neighbors`` entries (pruned in bulk when they grow 50% past it).
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import MutableMapping, Sequence
+
+from freshrec.state.decay import add_to_map, growth, value_at
+
+
+def new_covis_row() -> dict:
+    return {"n": {}, "wm": -1}
+
+
+def pairs_for(new_item: str, previous: Sequence[str], window: int) -> list[tuple[str, float]]:
+    """(neighbour, weight) pairs produced by engaging with ``new_item`` after ``previous``."""
+    out: list[tuple[str, float]] = []
+    distance = 0
+    for item in reversed(previous[-window:] if window else previous):
+        distance += 1
+        if item != new_item:
+            out.append((item, 1.0 / distance))
+    return out
+
+
+def add_pair(row: MutableMapping, neighbour: str, weight: float, ts: int, half_life_ms: float,
+             max_neighbors: int) -> None:
+    """Add a decayed co-visitation weight to ``row`` and prune when it grew too large."""
+    add_to_map(row, "n", neighbour, weight, ts, half_life_ms)
+    n = row["n"]
+    if len(n) > max_neighbors * 3 // 2:
+        keep = heapq.nlargest(max_neighbors, n.items(), key=lambda kv: kv[1])
+        row["n"] = dict(keep)
+
+
+def merge_row(into: MutableMapping, part: MutableMapping, half_life_ms: float) -> None:
+    """Add the partial row ``part`` into the merged row ``into``."""
+    if not part.get("n"):
+        return
+    t0 = into.setdefault("t0", part["t0"])
+    factor = growth(part["t0"], t0, half_life_ms)
+    n = into.setdefault("n", {})
+    for k, w in part["n"].items():
+        n[k] = n.get(k, 0.0) + w * factor
+
+
+class CoVisitation:
+    """Merged co-visitation graph with cached, normalised top-neighbour lists per item."""
+
+    def __init__(self, half_life_ms: float, max_neighbors: int) -> None:
+        self.half_life_ms = half_life_ms
+        self.max_neighbors = max_neighbors
+        self.rows: dict[str, dict] = {}
+        self._top: dict[str, list[tuple[str, float]]] = {}  # cache, dropped on change
+
+    def add(self, item: str, neighbour: str, weight: float, ts: int) -> None:
+        row = self.rows.get(item)
+        if row is None:
+            row = self.rows[item] = new_covis_row()
+        add_pair(row, neighbour, weight, ts, self.half_life_ms, self.max_neighbors)
+        self._top.pop(item, None)
+
+    def merge(self, item: str, part: MutableMapping) -> None:
+        row = self.rows.get(item)
+        if row is None:
+            row = self.rows[item] = new_covis_row()
+        merge_row(row, part, self.half_life_ms)
+        self._top.pop(item, None)
+
+    def neighbours(self, item: str, n: int = 50) -> list[tuple[str, float]]:
+        """Strongest ``n`` neighbours of ``item``, weights normalised to sum to 1 (cached).
+
+        Normalising per source item stops popular items' rows from drowning the others when a
+        user's recent items are combined. Decay cancels out within a row, so no clock is needed.
+        """
+        cached = self._top.get(item)
+        if cached is not None and len(cached) >= min(n, len(self.rows.get(item, {}).get("n", ()))):
+            return cached[:n]
+        row = self.rows.get(item)
+        if row is None or not row["n"]:
+            return []
+        top = heapq.nlargest(max(n, 50), row["n"].items(), key=lambda kv: kv[1])
+        total = sum(w for _, w in top) or 1.0
+        cached = [(k, w / total) for k, w in top]
+        self._top[item] = cached
+        return cached[:n]
+
+    def weight(self, item: str, neighbour: str, now_ms: int) -> float:
+        """Decayed raw co-visitation weight between two items at ``now_ms``."""
+        row = self.rows.get(item)
+        if row is None:
+            return 0.0
+        w = row["n"].get(neighbour, 0.0)
+        return value_at(w, row["t0"], now_ms, self.half_life_ms) if w else 0.0
+
+    def __len__(self) -> int:
+        return len(self.rows)

@@ -1,0 +1,186 @@
+"""Online features for the partitions a worker owns, applied exactly once per row.
+
+Three row families are persisted (by the worker, in Faust tables backed by changelog topics):
+
+* ``users[user_id]``: history, seen set, recent event ids (see :mod:`freshrec.state.users`);
+* ``items[f"{partition}:{item_id}"]``: that partition's share of an item's stats;
+* ``covis[f"{partition}:{item_id}"]``: that partition's share of an item's co-visitation row.
+
+Every row stores ``wm``, the newest source offset folded into it. After a crash the worker
+re-reads from the last committed offset and skips, row by row, whatever a row already reflects:
+no event is lost and none counted twice, whichever changelog writes made it before the crash.
+A resent event (same ``event_id``, new offset) is recognised through the user row's recent ids.
+
+Item-level rows are per-partition partials so that partitions can move between workers; the
+merged views (:class:`ItemStats`, :class:`CoVisitation`) are sums over the owned partitions.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import MutableMapping
+
+from freshrec.settings import Settings
+from freshrec.state import covisitation as cv
+from freshrec.state import popularity as pop
+from freshrec.state import users as us
+from freshrec.state.covisitation import CoVisitation
+from freshrec.state.popularity import ItemStats
+
+# Interactions that mean "the user engaged with this item": history, co-visitation, seen.
+ENGAGEMENTS = frozenset({"click", "conversion", "rating"})
+
+
+def part_key(partition: int, item_id: str) -> str:
+    return f"{partition}:{item_id}"
+
+
+def split_part_key(key: str) -> tuple[int, str]:
+    p, _, item = key.partition(":")
+    return int(p), item
+
+
+@dataclass
+class Dirty:
+    """Rows changed by a batch, to be written once each: ``{key: partition}`` per table."""
+
+    users: dict[str, int] = field(default_factory=dict)
+    items: dict[str, int] = field(default_factory=dict)
+    covis: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.users) + len(self.items) + len(self.covis)
+
+
+@dataclass
+class ApplyOutcome:
+    applied: bool  # False when the event was a duplicate (skipped whole)
+    user_changed: bool
+    items: tuple[str, ...] = ()
+
+
+class FeatureStore:
+    """Applies interaction events to persisted rows and keeps merged views current."""
+
+    def __init__(self, settings: Settings, users: MutableMapping[str, dict] | None = None,
+                 items: MutableMapping[str, dict] | None = None,
+                 covis: MutableMapping[str, dict] | None = None) -> None:
+        self.settings = settings
+        self.half_life_ms = settings.half_life_s * 1000.0
+        self.covis_half_life_ms = settings.covis_half_life_s * 1000.0
+        self.users: MutableMapping[str, dict] = {} if users is None else users
+        self.item_parts: MutableMapping[str, dict] = {} if items is None else items
+        self.covis_parts: MutableMapping[str, dict] = {} if covis is None else covis
+        self.item_stats = ItemStats(self.half_life_ms)
+        self.covis = CoVisitation(self.covis_half_life_ms, settings.covis_max_neighbors)
+        self.stream_time_ms = 0  # newest event time seen: the clock for decay at read time
+        self.rebuild()
+
+    # ------------------------------------------------------------------ recovery
+    def rebuild(self, partitions: set[int] | None = None) -> None:
+        """Recompute merged views from the persisted partial rows (of ``partitions``)."""
+        self.item_stats = ItemStats(self.half_life_ms)
+        self.covis = CoVisitation(self.covis_half_life_ms, self.settings.covis_max_neighbors)
+        for key, row in self.item_parts.items():
+            p, item = split_part_key(key)
+            if partitions is None or p in partitions:
+                self.item_stats.merge(item, row)
+        for key, row in self.covis_parts.items():
+            p, item = split_part_key(key)
+            if partitions is None or p in partitions:
+                self.covis.merge(item, row)
+        for row in self.users.values():
+            if row and row.get("last_ts", 0) > self.stream_time_ms:
+                self.stream_time_ms = row["last_ts"]
+
+    # ------------------------------------------------------------------ apply
+    def user(self, user_id: str) -> dict | None:
+        row = self.users.get(user_id)
+        return None if row is None or row.get("deleted") else row
+
+    def apply(self, event: dict, partition: int, offset: int, dirty: Dirty) -> ApplyOutcome:
+        """Fold one validated interaction event (from ``partition``/``offset``) into the rows."""
+        s = self.settings
+        etype = event["type"]
+        user_id = event["user_id"]
+        ts = event["ts"]
+        if ts > self.stream_time_ms:
+            self.stream_time_ms = ts
+        if etype == "user_delete":
+            return self._delete_user(user_id, partition, offset, dirty)
+
+        urow = self.users.get(user_id)
+        if urow is None or urow.get("deleted"):
+            urow = us.new_user_row() if urow is None else {**us.new_user_row(), "wm": urow["wm"]}
+            self.users[user_id] = urow
+        if us.is_duplicate(urow, event["event_id"], offset):
+            return ApplyOutcome(applied=False, user_changed=False)
+
+        user_fresh = urow["wm"] < offset
+        previous = us.history_before(urow, offset)
+
+        # Per-item counts of this event (a slate may list an item twice: count both, once).
+        if etype == "impression":
+            counts = Counter(event["item_ids"])
+            touched = tuple(counts)
+            per_item = {item: {"impression": n} for item, n in counts.items()}
+        else:
+            touched = (event["item_id"],)
+            per_item = {event["item_id"]: {etype: 1}}
+
+        for item, item_counts in per_item.items():
+            key = part_key(partition, item)
+            prow = self.item_parts.get(key)
+            if prow is None:
+                prow = self.item_parts[key] = pop.new_item_row()
+            if prow["wm"] < offset:
+                pop.add_counts(prow, item_counts, ts, self.half_life_ms)
+                prow["wm"] = offset
+                self.item_stats.add(item, item_counts, ts)
+                dirty.items[key] = partition
+
+        if etype in ENGAGEMENTS:
+            self._add_covis(event["item_id"], previous, ts, partition, offset, dirty)
+
+        if user_fresh:
+            if etype in ENGAGEMENTS:
+                us.add_history(urow, event["item_id"], ts, offset, s.history_len)
+            if etype in ENGAGEMENTS or etype == "dismiss":
+                us.mark_seen(urow, event["item_id"], ts, s.seen_max)
+            us.remember_event(urow, event["event_id"], offset, s.dedupe_window)
+            if ts > urow["last_ts"]:
+                urow["last_ts"] = ts
+            urow["wm"] = offset
+            dirty.users[user_id] = partition
+        return ApplyOutcome(applied=True, user_changed=user_fresh, items=touched)
+
+    def _add_covis(self, item: str, previous: list[str], ts: int, partition: int, offset: int,
+                   dirty: Dirty) -> None:
+        """Add the event's co-visitation pairs, both directions, each row once per offset."""
+        by_row: dict[str, list[tuple[str, float]]] = {}
+        for neighbour, weight in cv.pairs_for(item, previous, self.settings.covis_window):
+            by_row.setdefault(item, []).append((neighbour, weight))
+            by_row.setdefault(neighbour, []).append((item, weight))
+        hl, cap = self.covis_half_life_ms, self.settings.covis_max_neighbors
+        for row_item, pairs in by_row.items():
+            key = part_key(partition, row_item)
+            row = self.covis_parts.get(key)
+            if row is None:
+                row = self.covis_parts[key] = cv.new_covis_row()
+            if row["wm"] >= offset:
+                continue
+            for neighbour, weight in pairs:
+                cv.add_pair(row, neighbour, weight, ts, hl, cap)
+                self.covis.add(row_item, neighbour, weight, ts)
+            row["wm"] = offset
+            dirty.covis[key] = partition
+
+    def _delete_user(self, user_id: str, partition: int, offset: int, dirty: Dirty) -> ApplyOutcome:
+        """Forget a user's personal state; a tombstone keeps only the replay watermark."""
+        old = self.users.get(user_id)
+        if old is not None and old["wm"] >= offset:
+            return ApplyOutcome(applied=False, user_changed=False)
+        self.users[user_id] = {"deleted": True, "wm": offset}
+        dirty.users[user_id] = partition
+        return ApplyOutcome(applied=True, user_changed=True)

@@ -1,0 +1,208 @@
+"""The worker's per-batch logic, as plain Python: decode, validate, apply, recompute, publish.
+
+The Faust agents only move records in and rows/lists out; everything they call is here so it
+runs (and is tested) without a broker. One :class:`Pipeline` holds a worker's whole state.
+
+Recomputation is coalesced: an event marks its user pending; :meth:`Pipeline.collect_updates`
+runs every ``recompute_interval_ms`` and recomputes each pending user once, however many events
+arrived for them since the last flush. Trending and ``similar`` lists refresh on their own,
+slower interval.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, MutableMapping
+
+from freshrec.settings import Settings
+from freshrec.state.catalogue import Catalogue
+from freshrec.state.features import Dirty, FeatureStore
+from freshrec.state.publisher import RedisKeys, Updates, recs_payload, similar_payload, trending_payload
+from freshrec.state.recommender import CoVisitationRecommender
+from freshrec.state.trending import Trending
+from freshrec.streams.schema import CATALOGUE_TYPES, INTERACTION_TYPES, InvalidEvent, decode_event
+
+
+@dataclass(frozen=True)
+class Record:
+    """One Kafka message as the worker sees it."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    key: bytes | None = None
+    timestamp_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A record that goes to the dead-letter topic, with the reason."""
+
+    record: Record
+    reason: str
+    detail: str
+
+
+@dataclass
+class BatchResult:
+    dirty: Dirty = field(default_factory=Dirty)
+    catalogue_dirty: dict[str, int] = field(default_factory=dict)  # item_id -> partition
+    rejected: list[Rejected] = field(default_factory=list)
+    applied: int = 0
+    duplicates: int = 0
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Pipeline:
+    """A worker's state and the functions the agents call on each batch."""
+
+    def __init__(self, settings: Settings, users: MutableMapping[str, dict] | None = None,
+                 items: MutableMapping[str, dict] | None = None,
+                 covis: MutableMapping[str, dict] | None = None,
+                 catalogue: MutableMapping[str, dict] | None = None,
+                 clock: Callable[[], int] = wall_ms) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.keys = RedisKeys(settings.redis_prefix)
+        self.features = FeatureStore(settings, users, items, covis)
+        self.catalogue = Catalogue(catalogue)
+        self.trending = Trending(self.features.item_stats, self.catalogue, settings.trending_k)
+        self.recommender = CoVisitationRecommender(self.features.covis, self.catalogue, self.trending)
+        self.pending_users: dict[str, None] = {}  # insertion-ordered set of users to recompute
+        self.deleted_users: set[str] = set()
+        self.pending_similar: set[str] = set()
+        self.last_recompute_ms = 0
+        self.last_trending_ms = 0
+        self.counters: Counter[str] = Counter()
+
+    @property
+    def model_name(self) -> str:
+        return f"{self.recommender.name}-v{self.recommender.version}"
+
+    def rebuild(self, partitions: set[int] | None = None) -> None:
+        """Rebuild derived views after the tables were recovered or partitions reassigned."""
+        self.features.rebuild(partitions)
+        self.catalogue.rebuild()
+        self.recommender.covis = self.features.covis
+        self.trending.refresh(self.features.stream_time_ms, self.features.item_stats)
+        self.last_trending_ms = 0
+
+    # ------------------------------------------------------------------ ingest
+    def _decode(self, record: Record, allowed: frozenset[str], now_ms: int,
+                result: BatchResult) -> dict | None:
+        s = self.settings
+        try:
+            if record.value is None:
+                raise InvalidEvent("not_json", "empty message (null value)")
+            event = decode_event(record.value, max_bytes=s.max_event_bytes, now_ms=now_ms,
+                                 max_future_ms=int(s.max_future_s * 1000))
+            if event["type"] not in allowed:
+                raise InvalidEvent("wrong_topic", f"event type {event['type']!r} does not belong "
+                                                  f"on topic {record.topic!r}")
+        except InvalidEvent as exc:
+            result.rejected.append(Rejected(record, exc.reason, exc.detail))
+            self.counters[f"deadletter:{exc.reason}"] += 1
+            return None
+        return event
+
+    def process_interactions(self, records: Iterable[Record]) -> BatchResult:
+        """Validate and apply a batch from the interactions topic (any mix of partitions)."""
+        result = BatchResult()
+        now = self.clock()
+        apply = self.features.apply
+        for record in records:
+            event = self._decode(record, INTERACTION_TYPES, now, result)
+            if event is None:
+                continue
+            outcome = apply(event, record.partition, record.offset, result.dirty)
+            if not outcome.applied:
+                result.duplicates += 1
+                self.counters["duplicates"] += 1
+                continue
+            result.applied += 1
+            self.counters[f"events:{event['type']}"] += 1
+            user_id = event["user_id"]
+            if event["type"] == "user_delete":
+                self.deleted_users.add(user_id)
+                self.pending_users.pop(user_id, None)
+            else:
+                self.deleted_users.discard(user_id)
+                self.pending_users[user_id] = None
+                if event["type"] != "impression":
+                    self.pending_similar.add(event["item_id"])
+        return result
+
+    def process_catalogue(self, records: Iterable[Record]) -> BatchResult:
+        """Validate and apply a batch from the catalogue topic."""
+        result = BatchResult()
+        now = self.clock()
+        for record in records:
+            event = self._decode(record, CATALOGUE_TYPES, now, result)
+            if event is None:
+                continue
+            if self.catalogue.apply(event):
+                result.applied += 1
+                result.catalogue_dirty[event["item_id"]] = record.partition
+                self.counters[f"events:{event['type']}"] += 1
+                if event["type"] == "item_delete":
+                    self.last_trending_ms = 0  # a deleted item must leave trending lists now
+                    self.pending_similar.add(event["item_id"])
+        return result
+
+    # ------------------------------------------------------------------ publish
+    def due(self, now_ms: int | None = None) -> bool:
+        now = self.clock() if now_ms is None else now_ms
+        return bool(self.pending_users or self.deleted_users) and (
+            now - self.last_recompute_ms >= self.settings.recompute_interval_ms
+        ) or now - self.last_trending_ms >= self.settings.trending_interval_ms
+
+    def collect_updates(self, force: bool = False) -> Updates:
+        """Recompute what is due and return the Redis writes (each pending user once)."""
+        s = self.settings
+        now = self.clock()
+        updates = Updates()
+        if force or now - self.last_trending_ms >= s.trending_interval_ms:
+            self._collect_trending(now, updates)
+        if not force and now - self.last_recompute_ms < s.recompute_interval_ms:
+            return updates
+        self.last_recompute_ms = now
+        users = self.features
+        for user_id in self.pending_users:
+            row = users.user(user_id)
+            scored = self.recommender.recommend_one(row, s.recs_k)
+            event_ts = row["last_ts"] if row else 0
+            updates.sets.append((self.keys.recs(user_id),
+                                 recs_payload(user_id, scored, self.model_name, now, event_ts)))
+            updates.freshness_ms.append(now - event_ts)
+        updates.recs = len(self.pending_users)
+        self.counters["recomputes"] += len(self.pending_users)
+        self.pending_users.clear()
+        updates.deletes.extend(self.keys.recs(u) for u in self.deleted_users)
+        self.deleted_users.clear()
+        return updates
+
+    def _collect_trending(self, now: int, updates: Updates) -> None:
+        self.last_trending_ms = now
+        stream_now = self.features.stream_time_ms
+        self.trending.refresh(stream_now, self.features.item_stats)
+        updates.sets.append((self.keys.trending(), trending_payload(None, self.trending.global_list, now)))
+        for cat, top in self.trending.by_category.items():
+            updates.sets.append((self.keys.trending(cat), trending_payload(cat, top, now)))
+        for item in self.pending_similar:
+            if self.catalogue.is_deleted(item):
+                updates.deletes.append(self.keys.similar(item))
+                continue
+            scored = self.recommender.similar_one(item, self.settings.similar_k)
+            updates.sets.append((self.keys.similar(item),
+                                 similar_payload(item, scored, self.model_name, now)))
+        self.pending_similar.clear()
+
+    def recommend(self, user_id: str, k: int | None = None) -> list[tuple[str, float]]:
+        """The list the worker would publish for ``user_id`` now (used by eval and tests)."""
+        return self.recommender.recommend_one(self.features.user(user_id), k or self.settings.recs_k)

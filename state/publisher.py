@@ -1,0 +1,84 @@
+"""Redis key layout and publishing of recommendation lists (the frontends' read contract).
+
+Keys (prefix default ``freshrec``), each an orjson document read with one ``GET``:
+
+* ``{p}:recs:{user_id}``: ``{"user_id", "items": [{"item_id", "score"}...], "model",
+  "generated_at" (epoch ms), "event_ts" (epoch ms of the newest event reflected)}``
+* ``{p}:similar:{item_id}``: ``{"item_id", "items": [...], "model", "generated_at"}``
+* ``{p}:trending`` and ``{p}:trending:{category}``: ``{"category", "items": [...], "generated_at"}``
+
+Writes are batched into one non-transactional pipeline per flush; keys get a configurable TTL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import orjson
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """Builds the key names; the one place that knows the layout."""
+
+    prefix: str = "freshrec"
+
+    def recs(self, user_id: str) -> str:
+        return f"{self.prefix}:recs:{user_id}"
+
+    def similar(self, item_id: str) -> str:
+        return f"{self.prefix}:similar:{item_id}"
+
+    def trending(self, category: str | None = None) -> str:
+        return f"{self.prefix}:trending" if category is None else f"{self.prefix}:trending:{category}"
+
+    def worker_stats(self, app_id: str) -> str:
+        return f"{self.prefix}:worker:{app_id}:stats"
+
+
+def _items(scored: Sequence[tuple[str, float]]) -> list[dict[str, Any]]:
+    return [{"item_id": item, "score": round(float(score), 6)} for item, score in scored]
+
+
+def recs_payload(user_id: str, scored: Sequence[tuple[str, float]], model: str, generated_at: int,
+                 event_ts: int) -> bytes:
+    return orjson.dumps({"user_id": user_id, "items": _items(scored), "model": model,
+                         "generated_at": generated_at, "event_ts": event_ts})
+
+
+def similar_payload(item_id: str, scored: Sequence[tuple[str, float]], model: str,
+                    generated_at: int) -> bytes:
+    return orjson.dumps({"item_id": item_id, "items": _items(scored), "model": model,
+                         "generated_at": generated_at})
+
+
+def trending_payload(category: str | None, scored: Sequence[tuple[str, float]],
+                     generated_at: int) -> bytes:
+    return orjson.dumps({"category": category, "items": _items(scored), "generated_at": generated_at})
+
+
+@dataclass
+class Updates:
+    """What one flush writes to Redis: ``sets`` are (key, value) pairs, ``deletes`` key names."""
+
+    sets: list[tuple[str, bytes]] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)
+    recs: int = 0  # how many of the sets are user lists
+    freshness_ms: list[int] = field(default_factory=list)  # generated_at - newest event ts, per list
+
+    def __bool__(self) -> bool:
+        return bool(self.sets or self.deletes)
+
+
+async def publish(client: Any, updates: Updates, ttl_s: int) -> None:
+    """Write ``updates`` with one pipelined round trip (``client``: ``redis.asyncio.Redis``)."""
+    if not updates:
+        return
+    pipe = client.pipeline(transaction=False)
+    ex = ttl_s if ttl_s > 0 else None
+    for key, value in updates.sets:
+        pipe.set(key, value, ex=ex)
+    if updates.deletes:
+        pipe.delete(*updates.deletes)
+    await pipe.execute()

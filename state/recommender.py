@@ -1,0 +1,57 @@
+"""The baseline recommender: co-visitation of the user's recent items, plus trending.
+
+Candidates are the normalised co-visitation neighbours of the user's most recent items, weighted
+by recency (1 / rank), plus the trending list with a small weight so that lists are always full
+and new users get trending. Seen and deleted items are excluded. This is the floor that the
+learning recommender (River + HNSW + online ranker) has to beat.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from freshrec.state.catalogue import Catalogue
+from freshrec.state.covisitation import CoVisitation
+from freshrec.state.trending import Trending
+from freshrec.state.users import recent_items
+
+TRENDING_WEIGHT = 1e-3  # trending only breaks ties and fills lists
+
+
+class CoVisitationRecommender:
+    """Scores items for a user from co-visitation and trending (``recommend_one``)."""
+
+    name = "covis-baseline"
+    version = "1"
+
+    def __init__(self, covis: CoVisitation, catalogue: Catalogue, trending: Trending,
+                 recent_n: int = 10, neighbours_n: int = 50) -> None:
+        self.covis = covis
+        self.catalogue = catalogue
+        self.trending = trending
+        self.recent_n = recent_n
+        self.neighbours_n = neighbours_n
+
+    def recommend_one(self, user_row: dict | None, k: int) -> list[tuple[str, float]]:
+        """Top ``k`` ``(item_id, score)`` for the user whose row is ``user_row`` (None: new user)."""
+        seen = user_row["seen"] if user_row else {}
+        deleted = self.catalogue.deleted
+        scores: dict[str, float] = {}
+        for rank, item in enumerate(recent_items(user_row, self.recent_n)):
+            w = 1.0 / (1 + rank)
+            for neighbour, s in self.covis.neighbours(item, self.neighbours_n):
+                scores[neighbour] = scores.get(neighbour, 0.0) + w * s
+        trending = self.trending.global_list
+        n = len(trending) or 1
+        for pos, (item, _s) in enumerate(trending):
+            scores[item] = scores.get(item, 0.0) + TRENDING_WEIGHT * (1.0 - pos / n)
+        candidates = (
+            (s, item) for item, s in scores.items() if item not in seen and item not in deleted
+        )
+        return [(item, s) for s, item in heapq.nlargest(k, candidates)]
+
+    def similar_one(self, item_id: str, k: int) -> list[tuple[str, float]]:
+        """Items most co-visited with ``item_id`` (deleted excluded)."""
+        deleted = self.catalogue.deleted
+        out = [(i, s) for i, s in self.covis.neighbours(item_id, k + 10) if i not in deleted and i != item_id]
+        return out[:k]

@@ -1,0 +1,143 @@
+"""The worker end to end: Kafka in, Redis out, dead letters, crash recovery (real services)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from freshrec.state.publisher import RedisKeys
+from freshrec.streams.deadletter import read_deadletters
+from freshrec.streams.producer import EventProducer
+from freshrec.streams.schema import make_event
+
+from .conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+
+
+def _recs(client, settings, user):
+    raw = client.get(RedisKeys(settings.redis_prefix).recs(user))
+    return None if raw is None else orjson.loads(raw)
+
+
+def test_a_click_changes_the_users_published_list(worker, worker_settings, redis_client):
+    s = worker_settings
+    worker.start()
+    with EventProducer(s) as producer:
+        for u in ("a", "b", "c"):  # other users make m1 -> m2 -> m3 a co-visited path
+            for item in ("m1", "m2", "m3"):
+                producer.send(make_event("click", user_id=u, item_id=item))
+        producer.send(make_event("click", user_id="me", item_id="m9"))
+        producer.flush(10)
+    before = wait_for(lambda: _recs(redis_client, s, "me"), 90, "the first list of user 'me'", worker)
+    assert "m2" not in [e["item_id"] for e in before["items"]][:1]
+
+    click = make_event("click", user_id="me", item_id="m1")
+    with EventProducer(s) as producer:
+        producer.send(click)
+        producer.flush(10)
+    after = wait_for(lambda: (d := _recs(redis_client, s, "me")) and d["event_ts"] == click["ts"] and d,
+                     30, "the list to reflect the click", worker)
+    items = [e["item_id"] for e in after["items"]]
+    assert items[0] == "m2"  # the strongest co-visited neighbour of the clicked item
+    assert "m1" not in items and "m9" not in items  # seen items are excluded
+    assert after["generated_at"] >= click["ts"]
+    assert after["model"] == "covis-baseline-v1"
+
+
+def test_bad_events_are_dead_lettered_with_reasons_and_good_ones_around_them_processed(
+        worker, worker_settings, redis_client):
+    s = worker_settings
+    worker.start()
+    bad = {
+        "not_json": b"{this is not json",
+        "missing_field": orjson.dumps({"type": "click", "event_id": "b1", "item_id": "x", "ts": 1}),
+        "unknown_type": orjson.dumps({"type": "teleport", "event_id": "b2", "user_id": "u", "ts": 1}),
+        "oversized": orjson.dumps({"type": "click", "event_id": "b3", "user_id": "u", "item_id": "x",
+                                   "ts": 1, "context": {"pad": "x" * 2_000_000}}),
+    }
+    good_users = [f"good{i}" for i in range(10)]
+    with EventProducer(s, validate=False) as producer:
+        for i, user in enumerate(good_users):
+            producer.send(make_event("click", user_id=user, item_id=f"i{i}"))
+            reason = list(bad)[i % len(bad)] if i < len(bad) else None
+            if reason:
+                producer.send_raw(s.interactions_topic, bad[reason], key=b"u")
+        producer.flush(30)
+    for user in good_users:
+        wait_for(lambda: _recs(redis_client, s, user), 90, f"the list of {user}", worker)
+    letters = wait_for(lambda: (d := read_deadletters(s, timeout_s=5)) and len(d) >= 4 and d, 60,
+                       "four dead letters", worker)
+    by_reason = {d.reason: d for d in letters}
+    assert set(by_reason) == set(bad)
+    for reason, raw in bad.items():
+        assert by_reason[reason].original == raw  # the original bytes, unchanged
+        assert by_reason[reason].source_topic == s.interactions_topic
+        assert by_reason[reason].source_offset >= 0
+    assert "user_id" in by_reason["missing_field"].detail
+    assert worker.procs[-1].poll() is None  # still running
+
+
+def _changelog_item_counts(settings, timeout_s: float = 30.0) -> Counter:
+    """Per-item counts as persisted in the worker's items changelog (latest row per key)."""
+    topic = f"{settings.app_id}-items-changelog"
+    consumer = Consumer({"bootstrap.servers": settings.kafka_brokers, "group.id": f"check-{time.time_ns()}",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    meta = consumer.list_topics(topic, timeout=10).topics[topic]
+    ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions}
+    consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+    latest: dict[str, dict] = {}
+    done = {p for p, end in ends.items() if end == 0}
+    deadline = time.monotonic() + timeout_s
+    while len(done) < len(ends) and time.monotonic() < deadline:
+        for msg in consumer.consume(1000, timeout=1.0):
+            if msg.error():
+                continue
+            latest[orjson.loads(msg.key())] = orjson.loads(msg.value()) if msg.value() else None
+            if msg.offset() + 1 >= ends[msg.partition()]:
+                done.add(msg.partition())
+    consumer.close()
+    counts: Counter = Counter()
+    for key, row in latest.items():
+        item = key.split(":", 1)[1]
+        for etype, n in (row or {}).get("c", {}).items():
+            counts[(item, etype)] += n
+    return counts
+
+
+def test_kill_9_mid_replay_then_restart_counts_every_event_exactly_once(worker, worker_settings):
+    from freshrec.streams.datasets import load_dataset
+
+    s = worker_settings
+    events = [e for e in load_dataset(f"movielens:{DATASETS / 'movielens-100k'}") if e["type"] == "rating"]
+    events = events[:30000]
+    expected = Counter((e["item_id"], "rating") for e in events)
+    resent = events[::50]  # producer retries: the same event_id again, at a later offset
+    worker.start()
+    with EventProducer(s) as producer:
+        for e in events:
+            producer.send(e)
+        producer.flush(60)
+    # Let the worker get part of the way, then kill it without any chance to clean up.
+    from freshrec.streams.lag import total_lag
+
+    wait_for(lambda: 0 < total_lag(s.kafka_brokers, s.app_id, [s.interactions_topic]) < len(events) * 0.8,
+             120, "the worker to be part-way through", worker)
+    worker.kill9()
+    lag_at_kill = total_lag(s.kafka_brokers, s.app_id, [s.interactions_topic])
+    assert lag_at_kill > 0, "the worker finished before it was killed: the test proves nothing"
+    with EventProducer(s) as producer:
+        for e in resent:
+            producer.send(e)
+        producer.flush(60)
+    worker.start()
+    worker.wait_caught_up()
+    time.sleep(2.0)  # the last batch's changelog rows are flushed with its commit
+    assert _changelog_item_counts(s) == expected

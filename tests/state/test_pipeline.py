@@ -1,0 +1,92 @@
+import orjson
+
+from freshrec.settings import Settings
+from freshrec.state.pipeline import Pipeline, Record
+
+TOPIC = "t.interactions"
+
+
+class Clock:
+    def __init__(self, t=1_700_000_000_000):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def rec(offset, obj, partition=0, topic=TOPIC):
+    value = obj if isinstance(obj, bytes) else orjson.dumps(obj)
+    return Record(topic, partition, offset, value)
+
+
+def click(i, user="u1", item="a", ts=1_700_000_000_000):
+    return {"type": "click", "event_id": f"e{i}", "user_id": user, "item_id": item, "ts": ts}
+
+
+def test_bad_records_are_rejected_with_reasons_and_good_ones_around_them_applied():
+    p = Pipeline(Settings(max_event_bytes=1000), clock=Clock())
+    records = [
+        rec(0, click(0)),
+        rec(1, b"this is not json"),
+        rec(2, {"type": "click", "event_id": "x", "item_id": "a", "ts": 1}),
+        rec(3, {"type": "teleport", "event_id": "y", "user_id": "u", "ts": 1}),
+        rec(4, b'{"type":"click","pad":"' + b"x" * 2_000_000 + b'"}'),
+        rec(5, {"type": "item_upsert", "event_id": "z", "item_id": "a", "ts": 1}),
+        Record(TOPIC, 0, 6, None),
+        rec(7, click(7, item="b")),
+    ]
+    result = p.process_interactions(records)
+    assert result.applied == 2
+    reasons = {r.record.offset: r.reason for r in result.rejected}
+    assert reasons == {1: "not_json", 2: "missing_field", 3: "unknown_type", 4: "oversized",
+                       5: "wrong_topic", 6: "not_json"}
+    assert "user_id" in next(r.detail for r in result.rejected if r.record.offset == 2)
+    assert p.features.item_stats.count("b", "click") == 1
+
+
+def test_a_burst_for_one_user_is_recomputed_once_per_interval():
+    clock = Clock()
+    p = Pipeline(Settings(recompute_interval_ms=200), clock=clock)
+    p.process_interactions([rec(i, click(i, item=f"i{i}")) for i in range(50)])
+    first = p.collect_updates()
+    assert first.recs == 1
+    p.process_interactions([rec(50, click(50, item="z"))])
+    clock.t += 100
+    assert p.collect_updates().recs == 0  # within the interval: coalesced, not dropped
+    clock.t += 100
+    later = p.collect_updates()
+    assert later.recs == 1
+    doc = orjson.loads(dict(later.sets)[p.keys.recs("u1")])
+    assert doc["user_id"] == "u1" and doc["event_ts"] == 1_700_000_000_000
+    assert doc["generated_at"] == clock.t and doc["model"] == p.model_name
+    assert all(e["item_id"] not in {"z", "i0"} for e in doc["items"])  # seen items excluded
+
+
+def test_duplicates_are_counted_once_and_user_delete_removes_the_published_list():
+    p = Pipeline(Settings(), clock=Clock())
+    r = p.process_interactions([rec(0, click(0)), rec(1, click(0)), rec(2, click(1, user="u2"))])
+    assert r.applied == 2 and r.duplicates == 1
+    assert p.features.item_stats.count("a", "click") == 2
+    p.collect_updates(force=True)
+    p.process_interactions([rec(3, {"type": "user_delete", "event_id": "d", "user_id": "u1", "ts": 2})])
+    up = p.collect_updates(force=True)
+    assert p.keys.recs("u1") in up.deletes
+    assert p.keys.recs("u1") not in dict(up.sets)
+
+
+def test_trending_and_similar_lists_are_published_and_deleted_items_leave_them():
+    clock = Clock()
+    p = Pipeline(Settings(), clock=clock)
+    p.process_catalogue([rec(0, {"type": "item_upsert", "event_id": "c1", "item_id": "a", "ts": 1,
+                                 "category": "news"}, topic="t.catalogue")])
+    events = [click(i, user=f"u{i}", item=x) for i, x in enumerate(["a", "b", "a", "b", "a"])]
+    p.process_interactions([rec(i, e) for i, e in enumerate(events)])
+    up = dict(p.collect_updates(force=True).sets)
+    trending = orjson.loads(up[p.keys.trending()])
+    assert [e["item_id"] for e in trending["items"]] == ["a", "b"]
+    assert orjson.loads(up[p.keys.trending("news")])["items"][0]["item_id"] == "a"
+    p.process_catalogue([rec(1, {"type": "item_delete", "event_id": "c2", "item_id": "a", "ts": 2},
+                             topic="t.catalogue")])
+    up2 = p.collect_updates(force=True)
+    assert [e["item_id"] for e in orjson.loads(dict(up2.sets)[p.keys.trending()])["items"]] == ["b"]
+    assert p.keys.similar("a") in up2.deletes
