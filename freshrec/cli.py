@@ -34,18 +34,6 @@ def main() -> None:
     """
 
 
-def _register_optional() -> None:
-    from freshrec.localinfra.cli import dev
-    from freshrec.streams.cli import produce, replay
-
-    main.add_command(dev)
-    main.add_command(produce)
-    main.add_command(replay)
-    from freshrec.bench import bench
-
-    main.add_command(bench)
-
-
 @main.command()
 @click.option("--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
@@ -196,7 +184,14 @@ def _print_some_lists(settings: Settings, n: int) -> None:
         click.echo("trending: " + ", ".join(e["item_id"] for e in doc["items"][:10]))
 
 
-try:
-    _register_optional()
-except ImportError as exc:  # pragma: no cover - only while a module is missing
-    print(f"freshrec: some commands are unavailable: {exc}", file=sys.stderr)
+def _register_commands() -> None:
+    """Commands defined next to the code they drive."""
+    from freshrec.bench import bench
+    from freshrec.localinfra.cli import dev
+    from freshrec.streams.cli import produce, replay
+
+    for command in (dev, produce, replay, bench):
+        main.add_command(command)
+
+
+_register_commands()

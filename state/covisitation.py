@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 from typing import MutableMapping, Sequence
 
-from freshrec.state.decay import add_to_map, growth, value_at
+from freshrec.state.decay import REBASE_EXPONENT, growth, rebase, value_at
 
 
 def new_covis_row() -> dict:
@@ -29,14 +29,21 @@ def pairs_for(new_item: str, previous: Sequence[str], window: int) -> list[tuple
     return out
 
 
-def add_pair(row: MutableMapping, neighbour: str, weight: float, ts: int, half_life_ms: float,
-             max_neighbors: int) -> None:
-    """Add a decayed co-visitation weight to ``row`` and prune when it grew too large."""
-    add_to_map(row, "n", neighbour, weight, ts, half_life_ms)
+def add_pairs(row: MutableMapping, pairs: list[tuple[str, float]], ts: int, half_life_ms: float,
+              max_neighbors: int) -> None:
+    """Add one event's decayed co-visitation weights to ``row``; prune when it grew too large."""
+    t0 = row.setdefault("t0", ts)
+    exponent = (ts - t0) / half_life_ms
+    if exponent > REBASE_EXPONENT:
+        rebase(row, ts, half_life_ms, maps=("n",))
+        exponent = 0.0
+    scale = 2.0**exponent
     n = row["n"]
+    get = n.get
+    for neighbour, weight in pairs:
+        n[neighbour] = get(neighbour, 0.0) + weight * scale
     if len(n) > max_neighbors * 3 // 2:
-        keep = heapq.nlargest(max_neighbors, n.items(), key=lambda kv: kv[1])
-        row["n"] = dict(keep)
+        row["n"] = dict(heapq.nlargest(max_neighbors, n.items(), key=lambda kv: kv[1]))
 
 
 def merge_row(into: MutableMapping, part: MutableMapping, half_life_ms: float) -> None:
@@ -59,11 +66,12 @@ class CoVisitation:
         self.rows: dict[str, dict] = {}
         self._top: dict[str, list[tuple[str, float]]] = {}  # cache, dropped on change
 
-    def add(self, item: str, neighbour: str, weight: float, ts: int) -> None:
+    def add(self, item: str, pairs: list[tuple[str, float]], ts: int) -> None:
+        """Add one event's ``(neighbour, weight)`` pairs to ``item``'s row."""
         row = self.rows.get(item)
         if row is None:
             row = self.rows[item] = new_covis_row()
-        add_pair(row, neighbour, weight, ts, self.half_life_ms, self.max_neighbors)
+        add_pairs(row, pairs, ts, self.half_life_ms, self.max_neighbors)
         self._top.pop(item, None)
 
     def merge(self, item: str, part: MutableMapping) -> None:

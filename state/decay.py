@@ -29,18 +29,6 @@ def add_scalar(row: MutableMapping, key: str, weight: float, t_ms: int, half_lif
     row[key] = row.get(key, 0.0) + weight * 2.0**exponent
 
 
-def add_to_map(row: MutableMapping, mapping_key: str, entry: str, weight: float, t_ms: int,
-               half_life_ms: float) -> None:
-    """Add a decayed weight to ``row[mapping_key][entry]``; all entries share the row's ``t0``."""
-    t0 = row.setdefault("t0", t_ms)
-    exponent = (t_ms - t0) / half_life_ms
-    if exponent > REBASE_EXPONENT:
-        rebase(row, t_ms, half_life_ms, maps=(mapping_key,))
-        exponent = 0.0
-    entries = row.setdefault(mapping_key, {})
-    entries[entry] = entries.get(entry, 0.0) + weight * 2.0**exponent
-
-
 def rebase(row: MutableMapping, new_t0: int, half_life_ms: float, keys: tuple[str, ...] = (),
            maps: tuple[str, ...] = ()) -> None:
     """Re-express the row's decayed scalars ``keys`` and maps ``maps`` at reference ``new_t0``."""

@@ -170,9 +170,8 @@ class FeatureStore:
                 row = self.covis_parts[key] = cv.new_covis_row()
             if row["wm"] >= offset:
                 continue
-            for neighbour, weight in pairs:
-                cv.add_pair(row, neighbour, weight, ts, hl, cap)
-                self.covis.add(row_item, neighbour, weight, ts)
+            cv.add_pairs(row, pairs, ts, hl, cap)
+            self.covis.add(row_item, pairs, ts)
             row["wm"] = offset
             dirty.covis[key] = partition
 

@@ -7,16 +7,15 @@ def test_pairs_weight_recent_neighbours_more_and_skip_self():
 
 def test_neighbours_are_normalised_and_cache_invalidates_on_update():
     cv = CoVisitation(half_life_ms=1e12, max_neighbors=10)
-    cv.add("a", "b", 3.0, 0)
-    cv.add("a", "c", 1.0, 0)
+    cv.add("a", [("b", 3.0), ("c", 1.0)], 0)
     assert cv.neighbours("a") == [("b", 0.75), ("c", 0.25)]
-    cv.add("a", "c", 4.0, 0)
+    cv.add("a", [("c", 4.0)], 0)
     assert [k for k, _ in cv.neighbours("a")] == ["c", "b"]
 
 
 def test_rows_are_pruned_to_the_strongest_neighbours():
     cv = CoVisitation(half_life_ms=1e12, max_neighbors=4)
     for i in range(10):
-        cv.add("a", f"n{i}", float(i + 1), 0)
+        cv.add("a", [(f"n{i}", float(i + 1))], 0)
     assert len(cv.rows["a"]["n"]) <= 6
     assert cv.neighbours("a", 1)[0][0] == "n9"

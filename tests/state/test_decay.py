@@ -3,7 +3,8 @@ import random
 
 import pytest
 
-from freshrec.state.decay import add_scalar, add_to_map, value_at
+from freshrec.state.covisitation import add_pairs, new_covis_row
+from freshrec.state.decay import add_scalar, value_at
 
 H = 3_600_000.0
 
@@ -28,13 +29,13 @@ def test_half_life_halves_the_value():
 
 
 def test_rebase_keeps_values_exact_over_many_half_lives():
-    row: dict = {}
+    row = new_covis_row()
     rng = random.Random(1)
     t = 0
     expected = 0.0
     for _ in range(200):
         t += int(H)  # 200 half-lives: forces rebases
-        add_to_map(row, "n", "a", 1.0, t, H)
+        add_pairs(row, [("a", 1.0)], t, H, max_neighbors=10)
         expected = expected / 2 + 1.0
     assert value_at(row["n"]["a"], row["t0"], t, H) == pytest.approx(expected)
     assert row["t0"] > 0  # rebased at least once
