@@ -53,6 +53,7 @@ class WorkerRuntime:
                 await publish(self.redis, updates, self.settings.recs_ttl_s)
             except Exception as exc:  # Redis down: keep consuming, lists catch up on recovery
                 self.redis_errors += 1
+                self.pipeline.requeue(updates)
                 log.warning("redis publish failed (%s); will retry with the next flush", exc)
                 return
             self.freshness_ms.extend(updates.freshness_ms)
@@ -118,7 +119,6 @@ def create_app(settings: Settings) -> faust.App:
         if rt is None:
             pipeline = Pipeline(settings, users.data, items.data, covis.data, catalogue_rows.data)
             rt = runtime_box["rt"] = WorkerRuntime(settings, pipeline, aioredis.from_url(settings.redis_url))
-            app.freshrec_runtime = rt
         if rt.needs_rebuild and app.tables.recovery.completed.is_set():
             rt.pipeline.rebuild()
             rt.needs_rebuild = False

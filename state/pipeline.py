@@ -79,6 +79,7 @@ class Pipeline:
         self.pending_similar: set[str] = set()
         self.last_recompute_ms = 0
         self.last_trending_ms = 0
+        self.changed_since_trending = True  # anything applied since trending was last computed
         self.counters: Counter[str] = Counter()
 
     @property
@@ -126,6 +127,7 @@ class Pipeline:
                 self.counters["duplicates"] += 1
                 continue
             result.applied += 1
+            self.changed_since_trending = True
             self.counters[f"events:{event['type']}"] += 1
             user_id = event["user_id"]
             if event["type"] == "user_delete":
@@ -148,6 +150,7 @@ class Pipeline:
                 continue
             if self.catalogue.apply(event):
                 result.applied += 1
+                self.changed_since_trending = True
                 result.catalogue_dirty[event["item_id"]] = record.partition
                 self.counters[f"events:{event['type']}"] += 1
                 if event["type"] == "item_delete":
@@ -156,18 +159,22 @@ class Pipeline:
         return result
 
     # ------------------------------------------------------------------ publish
+    def _trending_due(self, now: int) -> bool:
+        return self.changed_since_trending and now - self.last_trending_ms >= self.settings.trending_interval_ms
+
     def due(self, now_ms: int | None = None) -> bool:
+        """True when :meth:`collect_updates` has something to do now."""
         now = self.clock() if now_ms is None else now_ms
-        return bool(self.pending_users or self.deleted_users) and (
-            now - self.last_recompute_ms >= self.settings.recompute_interval_ms
-        ) or now - self.last_trending_ms >= self.settings.trending_interval_ms
+        users_due = bool(self.pending_users or self.deleted_users) and (
+            now - self.last_recompute_ms >= self.settings.recompute_interval_ms)
+        return users_due or self._trending_due(now)
 
     def collect_updates(self, force: bool = False) -> Updates:
         """Recompute what is due and return the Redis writes (each pending user once)."""
         s = self.settings
         now = self.clock()
         updates = Updates()
-        if force or now - self.last_trending_ms >= s.trending_interval_ms:
+        if force or self._trending_due(now):
             self._collect_trending(now, updates)
         if not force and now - self.last_recompute_ms < s.recompute_interval_ms:
             return updates
@@ -181,14 +188,26 @@ class Pipeline:
                                  recs_payload(user_id, scored, self.model_name, now, event_ts)))
             updates.freshness_ms.append(now - event_ts)
         updates.recs = len(self.pending_users)
+        updates.users = [*self.pending_users, *self.deleted_users]
         self.counters["recomputes"] += len(self.pending_users)
         self.pending_users.clear()
         updates.deletes.extend(self.keys.recs(u) for u in self.deleted_users)
         self.deleted_users.clear()
         return updates
 
+    def requeue(self, updates: Updates) -> None:
+        """Put back what a failed publish carried, so the next flush writes it again."""
+        for user_id in updates.users:
+            if self.features.user(user_id) is None and user_id not in self.pending_users:
+                self.deleted_users.add(user_id)
+            else:
+                self.pending_users[user_id] = None
+        self.pending_similar.update(updates.similar)
+        self.changed_since_trending = True
+
     def _collect_trending(self, now: int, updates: Updates) -> None:
         self.last_trending_ms = now
+        self.changed_since_trending = False
         stream_now = self.features.stream_time_ms
         self.trending.refresh(stream_now, self.features.item_stats)
         updates.sets.append((self.keys.trending(), trending_payload(None, self.trending.global_list, now)))
@@ -201,6 +220,7 @@ class Pipeline:
             scored = self.recommender.similar_one(item, self.settings.similar_k)
             updates.sets.append((self.keys.similar(item),
                                  similar_payload(item, scored, self.model_name, now)))
+        updates.similar = list(self.pending_similar)
         self.pending_similar.clear()
 
     def recommend(self, user_id: str, k: int | None = None) -> list[tuple[str, float]]:

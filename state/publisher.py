@@ -65,6 +65,8 @@ class Updates:
     sets: list[tuple[str, bytes]] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
     recs: int = 0  # how many of the sets are user lists
+    users: list[str] = field(default_factory=list)  # whose lists (or deletions) are in here
+    similar: list[str] = field(default_factory=list)  # items whose similar lists are in here
     freshness_ms: list[int] = field(default_factory=list)  # generated_at - newest event ts, per list
 
     def __bool__(self) -> bool:

@@ -90,3 +90,29 @@ def test_trending_and_similar_lists_are_published_and_deleted_items_leave_them()
     up2 = p.collect_updates(force=True)
     assert [e["item_id"] for e in orjson.loads(dict(up2.sets)[p.keys.trending()])["items"]] == ["b"]
     assert p.keys.similar("a") in up2.deletes
+
+
+def test_a_failed_publish_is_requeued_and_written_by_the_next_flush():
+    clock = Clock()
+    p = Pipeline(Settings(), clock=clock)
+    p.process_interactions([rec(0, click(0, user="u1")), rec(1, click(1, user="u2", item="b"))])
+    p.process_interactions([rec(2, {"type": "user_delete", "event_id": "d", "user_id": "u2", "ts": 5})])
+    failed = p.collect_updates(force=True)
+    assert set(failed.users) == {"u1", "u2"}
+    assert not p.collect_updates(force=True).users  # nothing pending any more...
+    p.requeue(failed)  # ...until the failed publish is put back
+    again = p.collect_updates(force=True)
+    assert p.keys.recs("u1") in dict(again.sets) and p.keys.recs("u2") in again.deletes
+    assert p.keys.similar("a") in dict(again.sets)
+
+
+def test_trending_is_only_recomputed_when_something_changed():
+    clock = Clock()
+    p = Pipeline(Settings(trending_interval_ms=1000), clock=clock)
+    p.process_interactions([rec(0, click(0))])
+    assert p.due()
+    p.collect_updates()
+    clock.t += 5000
+    assert not p.due()  # nothing new: no rewrite of every trending key
+    p.process_interactions([rec(1, click(1, item="b"))])
+    assert p.due()
