@@ -1,13 +1,11 @@
 """The Faust app: topics, changelog-backed tables and agents. Wiring only.
 
 Each agent takes a batch of raw records (``take_events``), hands it to
-:class:`freshrec.state.pipeline.Pipeline`, writes each row the batch changed to its table's
-changelog once (explicit partition: the source partition, so tables stay co-partitioned with the
-input), dead-letters rejected records, and flushes coalesced Redis updates when due.
-
-All of a batch's changelog writes are queued before control returns to the event loop, and Faust
-flushes the producer before it commits offsets, so a committed offset never runs ahead of the rows
-that reflect it (row watermarks make the replays after a crash harmless).
+:class:`freshrec.state.pipeline.Pipeline`, marks the rows the batch changed as dirty (they are
+written to the tables' changelogs before the next offset commit, see
+:mod:`freshrec.agents.changelog`; explicit partition = the source partition, so tables stay
+co-partitioned with the input), dead-letters rejected records, and flushes coalesced Redis updates
+when due. Row watermarks make the replays after a crash harmless.
 """
 
 from __future__ import annotations
@@ -15,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from typing import Any, Mapping
+from typing import Any
 
 import faust
 import orjson
 import redis.asyncio as aioredis
 
+from freshrec.agents.changelog import ChangelogWriter, flush_rows_before_commits
 from freshrec.settings import Settings, state_dir
 from freshrec.state.pipeline import Pipeline, Record
 from freshrec.state.publisher import publish
@@ -76,12 +75,6 @@ def _records(events: list) -> list[Record]:
             for e in events]
 
 
-def _write_rows(table: faust.Table, rows: Mapping[str, int]) -> None:
-    data = table.data
-    for key, partition in rows.items():
-        table.send_changelog(partition, key, data.get(key))
-
-
 def create_app(settings: Settings) -> faust.App:
     """Build the Faust app for ``settings`` (topics must exist: see ``streams.topics``)."""
     datadir = state_dir() / "worker" / settings.app_id
@@ -112,6 +105,9 @@ def create_app(settings: Settings) -> faust.App:
                          schema=faust.Schema(key_serializer="json", value_serializer="json"))
 
     users, items, covis, catalogue_rows = table("users"), table("items"), table("covis"), table("catalogue")
+    changelog = ChangelogWriter(settings.kafka_brokers, {"users": users, "items": items, "covis": covis,
+                                                         "catalogue": catalogue_rows})
+    flush_rows_before_commits(app, changelog)
     runtime_box: dict[str, WorkerRuntime] = {}
 
     def runtime() -> WorkerRuntime:
@@ -146,9 +142,9 @@ def create_app(settings: Settings) -> faust.App:
         async for events in stream.take_events(settings.batch_max, within=batch_within):
             rt = runtime()
             result = rt.pipeline.process_interactions(_records(events))
-            _write_rows(users, result.dirty.users)
-            _write_rows(items, result.dirty.items)
-            _write_rows(covis, result.dirty.covis)
+            changelog.mark("users", result.dirty.users)
+            changelog.mark("items", result.dirty.items)
+            changelog.mark("covis", result.dirty.covis)
             await dead_letter(result.rejected)
             if rt.pipeline.due():
                 await rt.flush()
@@ -158,7 +154,7 @@ def create_app(settings: Settings) -> faust.App:
         async for events in stream.take_events(settings.batch_max, within=batch_within):
             rt = runtime()
             result = rt.pipeline.process_catalogue(_records(events))
-            _write_rows(catalogue_rows, result.catalogue_dirty)
+            changelog.mark("catalogue", result.catalogue_dirty)
             await dead_letter(result.rejected)
 
     @app.timer(interval=max(0.02, settings.recompute_interval_ms / 4000.0))

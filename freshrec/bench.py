@@ -80,10 +80,9 @@ def pipeline_rate(settings: Settings, expected: int, proc: subprocess.Popen, tim
         if t_first is None and lag < expected:
             t_first, lag_first = now, lag
         if lag == 0 and t_first is not None:
-            consumed = expected - lag_first
-            # Commits happen about once per second: count the first committed chunk's time too by
-            # measuring from the first observed progress (a slight underestimate of the rate).
-            return consumed / max(now - t_first, 1e-9), now - t_first
+            # Rate over the events consumed between the first observed commit and the last one
+            # (commits land about once per second, so start-up time is left out).
+            return lag_first / max(now - t_first, 1e-9), now - t_first
         time.sleep(0.1)
     raise click.ClickException("worker did not catch up in time")
 

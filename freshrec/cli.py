@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import click
 import orjson
@@ -149,15 +150,29 @@ def demo(dataset: str, rate: float | None, limit: int | None, show_users: int, k
     proc = start_worker_process(settings, log_path)
     try:
         click.echo(f"3/4 replaying {dataset} into {settings.interactions_topic} ...", err=True)
-        events = load_dataset(dataset)
+        active: dict[str, None] = {}  # users of this replay, most recently active last
+        labels: dict[str, str] = {}  # item -> "category: title", from the catalogue events
+
+        def tap(events: Iterable[dict]) -> Iterator[dict]:
+            for event in events:
+                if event["type"] == "item_upsert":
+                    labels[event["item_id"]] = f"{event.get('category') or '-'}: {event.get('text', '')[:50]}"
+                user = event.get("user_id")
+                if user is not None:
+                    active.pop(user, None)
+                    active[user] = None
+                    if len(active) > 1000:
+                        del active[next(iter(active))]
+                yield event
+
         with EventProducer(settings) as producer:
-            summary = run_replay(events, producer, rate=rate, progress=True, limit=limit)
+            summary = run_replay(tap(load_dataset(dataset)), producer, rate=rate, progress=True, limit=limit)
         click.echo(summary.format(), err=True)
         click.echo("4/4 waiting for the worker to catch up ...", err=True)
         waited = wait_caught_up(settings, proc=proc)
         time.sleep((settings.recompute_interval_ms + settings.trending_interval_ms) / 1000.0 + 0.5)
         click.echo(f"worker caught up {waited:.1f}s after the replay ended\n", err=True)
-        _print_some_lists(settings, show_users)
+        _print_lists(settings, list(active)[-show_users:], labels)
     finally:
         if not keep_running:
             proc.terminate()
@@ -168,20 +183,22 @@ def demo(dataset: str, rate: float | None, limit: int | None, show_users: int, k
     click.echo("\nTry: freshrec recs <user_id>   (services stay up; `freshrec dev down` stops them)", err=True)
 
 
-def _print_some_lists(settings: Settings, n: int) -> None:
+def _print_lists(settings: Settings, users: list[str], labels: dict[str, str]) -> None:
     import redis
 
     client = redis.Redis.from_url(settings.redis_url)
-    keys = sorted(client.scan_iter(match=f"{settings.redis_prefix}:recs:*", count=1000))[:n]
-    if not keys:
-        raise click.ClickException("no recommendation lists found in Redis")
-    for key in keys:
-        click.echo(format_recs(orjson.loads(client.get(key))))
-        click.echo("")
+    shown = 0
+    for user in users:
+        doc = read_recs(settings, user)
+        if doc is not None:
+            click.echo(format_recs(doc, labels) + "\n")
+            shown += 1
+    if not shown:
+        raise click.ClickException(f"no recommendation lists in Redis for users {users}")
     raw = client.get(f"{settings.redis_prefix}:trending")
     if raw:
         doc = orjson.loads(raw)
-        click.echo("trending: " + ", ".join(e["item_id"] for e in doc["items"][:10]))
+        click.echo("trending now: " + ", ".join(e["item_id"] for e in doc["items"][:10]))
 
 
 def _register_commands() -> None:

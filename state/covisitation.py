@@ -64,7 +64,8 @@ class CoVisitation:
         self.half_life_ms = half_life_ms
         self.max_neighbors = max_neighbors
         self.rows: dict[str, dict] = {}
-        self._top: dict[str, list[tuple[str, float]]] = {}  # cache, dropped on change
+        self._top: dict[str, list[tuple[str, float]]] = {}  # normalised top lists, cached
+        self._stale: set[str] = set()  # items whose cached list is older than their row
 
     def add(self, item: str, pairs: list[tuple[str, float]], ts: int) -> None:
         """Add one event's ``(neighbour, weight)`` pairs to ``item``'s row."""
@@ -72,7 +73,7 @@ class CoVisitation:
         if row is None:
             row = self.rows[item] = new_covis_row()
         add_pairs(row, pairs, ts, self.half_life_ms, self.max_neighbors)
-        self._top.pop(item, None)
+        self._stale.add(item)
 
     def merge(self, item: str, part: MutableMapping) -> None:
         row = self.rows.get(item)
@@ -81,8 +82,20 @@ class CoVisitation:
         merge_row(row, part, self.half_life_ms)
         self._top.pop(item, None)
 
+    def expire_cache(self) -> None:
+        """Drop cached lists of items that changed since they were cached.
+
+        Called once per refresh interval: between calls, reads may use a list that is at most
+        one interval old, which keeps sorting off the per-event path (hot items change with
+        nearly every event).
+        """
+        for item in self._stale:
+            self._top.pop(item, None)
+        self._stale.clear()
+
     def neighbours(self, item: str, n: int = 50) -> list[tuple[str, float]]:
-        """Strongest ``n`` neighbours of ``item``, weights normalised to sum to 1 (cached).
+        """Strongest ``n`` neighbours of ``item``, weights normalised to sum to 1 (cached, see
+        :meth:`expire_cache`).
 
         Normalising per source item stops popular items' rows from drowning the others when a
         user's recent items are combined. Decay cancels out within a row, so no clock is needed.

@@ -209,6 +209,7 @@ class Pipeline:
         self.last_trending_ms = now
         self.changed_since_trending = False
         stream_now = self.features.stream_time_ms
+        self.features.covis.expire_cache()
         self.trending.refresh(stream_now, self.features.item_stats)
         updates.sets.append((self.keys.trending(), trending_payload(None, self.trending.global_list, now)))
         for cat, top in self.trending.by_category.items():

@@ -38,7 +38,7 @@ class RedisKeys:
 
 
 def _items(scored: Sequence[tuple[str, float]]) -> list[dict[str, Any]]:
-    return [{"item_id": item, "score": round(float(score), 6)} for item, score in scored]
+    return [{"item_id": item, "score": float(score)} for item, score in scored]
 
 
 def recs_payload(user_id: str, scored: Sequence[tuple[str, float]], model: str, generated_at: int,

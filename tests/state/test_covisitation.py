@@ -10,6 +10,8 @@ def test_neighbours_are_normalised_and_cache_invalidates_on_update():
     cv.add("a", [("b", 3.0), ("c", 1.0)], 0)
     assert cv.neighbours("a") == [("b", 0.75), ("c", 0.25)]
     cv.add("a", [("c", 4.0)], 0)
+    assert [k for k, _ in cv.neighbours("a")] == ["b", "c"]  # cached list: at most one interval old
+    cv.expire_cache()
     assert [k for k, _ in cv.neighbours("a")] == ["c", "b"]
 
 
