@@ -3,7 +3,8 @@
 All figures come from one run on the same topic, so ratios are meaningful on a noisy machine:
 
 1. preload N synthetic events into a fresh interactions topic;
-2. raw baseline: confluent-kafka batch consume + orjson decode of those N events;
+2. raw baseline: confluent-kafka batch consume + orjson decode of those N events, and the same
+   through a bare Faust agent (the ceiling Faust's per-message machinery sets for a worker);
 3. pipeline: a real ``freshrec worker`` process consumes the same N events (features, dedupe,
    changelog writes, coalesced recompute, Redis publish); rate = events / time from its first
    committed progress until its consumer group has no lag;
@@ -60,6 +61,19 @@ def raw_consume_rate(settings: Settings, topic: str, expected: int, timeout_s: f
     if n < expected:
         raise click.ClickException(f"raw consumer read only {n}/{expected} events")
     return n / elapsed if elapsed > 0 else float("inf")
+
+
+def faust_consume_rate(settings: Settings, topic: str, expected: int, timeout_s: float = 600.0) -> float:
+    """Events/s of a bare Faust agent (take_events + orjson decode) on ``topic``."""
+    import sys
+
+    env = {**__import__("os").environ, **settings.to_env()}
+    out = subprocess.run([sys.executable, "-m", "freshrec.bench_faust", topic, str(expected)], env=env,
+                         capture_output=True, text=True, timeout=timeout_s)
+    for line in out.stdout.splitlines():
+        if line.startswith("{"):
+            return float(orjson.loads(line)["events_per_s"])
+    raise click.ClickException(f"bare Faust consumer failed:\n{out.stderr[-2000:]}")
 
 
 def pipeline_rate(settings: Settings, expected: int, proc: subprocess.Popen, timeout_s: float = 900.0) -> tuple[float, float]:
@@ -164,6 +178,8 @@ def bench(events: int, users: int, items: int, rates: tuple[float, ...], seconds
 
     click.echo("raw baseline: confluent-kafka batch consume + orjson decode ...", err=True)
     raw_rate = raw_consume_rate(settings, settings.interactions_topic, n_interactions)
+    click.echo("Faust ceiling: a bare Faust agent that only decodes ...", err=True)
+    faust_rate = faust_consume_rate(settings, settings.interactions_topic, n_interactions)
 
     log_path = state_dir() / "bench" / f"worker-{run}.log"
     click.echo(f"pipeline: starting a worker (log {log_path}) on the backlog ...", err=True)
@@ -180,13 +196,16 @@ def bench(events: int, users: int, items: int, rates: tuple[float, ...], seconds
         except subprocess.TimeoutExpired:
             proc.kill()
     result = {"events": n_interactions, "raw_consume_decode_events_per_s": round(raw_rate),
+              "bare_faust_consume_decode_events_per_s": round(faust_rate),
               "pipeline_events_per_s": round(rate), "pipeline_seconds": round(secs, 2),
               "ratio_pipeline_to_raw": round(rate / raw_rate, 4), "freshness": fresh}
     click.echo("")
     click.echo(f"events in backlog:                      {n_interactions:,}")
     click.echo(f"raw consume + decode (confluent-kafka): {raw_rate:>10,.0f} events/s")
+    click.echo(f"bare Faust agent, decode only:          {faust_rate:>10,.0f} events/s   "
+               f"({100 * faust_rate / raw_rate:.1f}% of raw)")
     click.echo(f"whole pipeline (freshrec worker):       {rate:>10,.0f} events/s   "
-               f"({100 * rate / raw_rate:.1f}% of raw)")
+               f"({100 * rate / raw_rate:.1f}% of raw, {100 * rate / faust_rate:.0f}% of bare Faust)")
     for f in fresh:
         click.echo(f"freshness at {f['target_rate']:>6,.0f} ev/s (produced {f['achieved_produce_rate']:,.0f}/s): "
                    f"p50 {f['p50_ms']} ms  p99 {f['p99_ms']} ms  over {f['lists']:,} lists")

@@ -24,7 +24,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/python -c "import freshrec.cli, pytest" >/dev/null 2>&1 || [ pyproject.toml -nt .venv/.installed ]; then
   echo "bootstrap: installing Python packages into .venv" >&2
-  .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e '.[test]'
   touch .venv/.installed
 fi
