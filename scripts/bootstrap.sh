@@ -18,10 +18,15 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
+venv_ok() { .venv/bin/python -c "import pip._internal.operations.build, pip._internal.req" >/dev/null 2>&1; }
+for attempt in 1 2; do
+  if [ -x .venv/bin/python ] && venv_ok; then break; fi
+  [ -d .venv ] && echo "bootstrap: .venv is incomplete or its pip is broken; recreating it" >&2
+  rm -rf .venv
   echo "bootstrap: creating .venv with $($PY --version)" >&2
   $PY -m venv .venv
-fi
+done
+venv_ok || { echo "bootstrap: could not create a working virtualenv with $PY" >&2; exit 1; }
 if ! .venv/bin/python -c "import freshrec.cli, pytest" >/dev/null 2>&1 || [ pyproject.toml -nt .venv/.installed ]; then
   echo "bootstrap: installing Python packages into .venv" >&2
   .venv/bin/python -m pip install -q -e '.[test]'
