@@ -70,9 +70,12 @@ def faust_consume_rate(settings: Settings, topic: str, expected: int, timeout_s:
     env = {**__import__("os").environ, **settings.to_env()}
     out = subprocess.run([sys.executable, "-m", "freshrec.bench_faust", topic, str(expected)], env=env,
                          capture_output=True, text=True, timeout=timeout_s)
-    for line in out.stdout.splitlines():
-        if line.startswith("{"):
-            return float(orjson.loads(line)["events_per_s"])
+    import re
+
+    # Faust's worker redirects print() into its logger, so look in both streams.
+    found = re.search(r'\{"events_per_s":\s*([0-9.eE+-]+)\}', out.stdout + out.stderr)
+    if found:
+        return float(found.group(1))
     raise click.ClickException(f"bare Faust consumer failed:\n{out.stderr[-2000:]}")
 
 
