@@ -204,10 +204,11 @@ def _print_lists(settings: Settings, users: list[str], labels: dict[str, str]) -
 def _register_commands() -> None:
     """Commands defined next to the code they drive."""
     from freshrec.bench import bench
+    from freshrec.evaluation.cli import eval_command
     from freshrec.localinfra.cli import dev
     from freshrec.streams.cli import produce, replay
 
-    for command in (dev, produce, replay, bench):
+    for command in (dev, produce, replay, bench, eval_command):
         main.add_command(command)
 
 
