@@ -1,0 +1,415 @@
+"""Online matrix factorisation for implicit feedback, learned one event at a time.
+
+:class:`OnlineMF` is incremental SGD matrix factorisation in the style of ISGD (Vinagre, Jorge &
+Gama, 2014): every engagement pulls the user's vector and the item's vector towards a high score,
+once, as it happens. Implicit data has no observed zeros, so each positive comes with a few
+*sampled negatives* pushed towards a low score (without them every score drifts up and the ranking
+collapses to popularity). Explicit negatives (an impression without a click, a dismissal) go
+through :meth:`OnlineMF.learn_negative`. The protocol is River's (``learn_one`` / ``predict_one``),
+plus numpy batch scoring (:meth:`OnlineMF.score_items`): one matrix-vector product ranks a whole
+catalogue or a candidate list, which River's dict-of-vectors ``reco`` models cannot do.
+
+Scores are ``user_vector . item_vector + item_bias``. The bias learns how often an item is a
+positive rather than a negative (its popularity), which is what a new user (zero vector) is
+ranked by. :meth:`OnlineMF.index_vectors` / :meth:`OnlineMF.query_vector` fold the bias into one
+extra dimension, so an inner-product ANN index (:mod:`freshrec.state.ann`) ranks exactly as
+:meth:`OnlineMF.score_items` does.
+
+Storage is one float32 matrix per side with an ``id -> row`` map, grown by doubling (amortised
+O(1) per new id). A new row starts as a small random vector seeded by the model seed *and the id*,
+so it does not depend on arrival order (replays and partition moves start from the same vector).
+Reads never create rows: an unknown user scores as the zero vector (the prior mean), i.e. gets the
+popularity ranking; an unknown item scores as a zero vector with the mean item bias.
+
+Items whose vector changed since :meth:`OnlineMF.clear_dirty` are listed by
+:meth:`OnlineMF.dirty_items`, so the ANN index is refreshed in one batch on a short interval
+instead of once per event (an hnswlib update costs milliseconds). Every sampled negative is a
+changed item too: with 8 negatives an event dirties up to 9 items.
+
+Negative samplers (``negatives=``):
+
+* ``"lru"`` (default): Vinagre et al.'s recency-based negatives (2015). The items least recently
+  engaged with are taken from the front of a queue and sent to its back; an engaged item goes to
+  the back too. Items are negatives about as often as with uniform sampling, but never right
+  after they were engaged with, and without sampling noise. O(1) per negative.
+* ``"uniform"``: uniformly among all known items.
+* ``"popularity"``: an item from the last ``window`` positives, uniformly by position (so in
+  proportion to recent popularity), O(1). It fights the popularity bias rather than modelling it.
+
+Defaults were chosen on MovieLens 100K, prequentially (each rating ranked among all known items
+before it is learned, the user's rated items excluded): HitRate@10 0.145 with these defaults
+(0.146 with another seed), against 0.077 for all-time popularity and 0.067 for textbook ISGD
+(squared loss, lr 0.05, l2 0.01, 4 uniform negatives). One change at a time from the defaults:
+uniform negatives 0.135, popularity negatives 0.065, no negatives 0.092, squared loss 0.131, no
+item bias 0.132, 4 negatives at full weight 0.133, 16 / 64 factors 0.144 / 0.146, l2 0.01 0.143.
+The learning rate matters most and has a cliff: 0.1 gives 0.112, 0.2 0.139, 0.25-0.3 0.146,
+0.4 0.133, 0.5 0.081. ``weight`` multiplies the step, so keep event weights near 1 (e.g. click
+1, conversion 2) or lower ``lr`` when using heavier ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Iterable, Sequence
+
+import numpy as np
+
+STATE_VERSION = 1
+NEGATIVE_SAMPLERS = ("popularity", "uniform", "lru")
+LOSSES = ("squared", "logistic")
+
+
+def _stable_seed(seed: int, kind: str, key: str) -> int:
+    """A 64-bit seed from ``(seed, kind, key)`` that is the same in every process (no ``hash``)."""
+    digest = hashlib.blake2b(f"{seed}:{kind}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def _grown(arr: np.ndarray, need: int) -> np.ndarray:
+    """``arr`` with capacity (first axis) at least ``need``, doubling; the new rows are zero."""
+    cap = arr.shape[0]
+    if need <= cap:
+        return arr
+    new_cap = max(need, 2 * cap, 16)
+    out = np.zeros((new_cap,) + arr.shape[1:], dtype=arr.dtype)
+    out[:cap] = arr
+    return out
+
+
+class OnlineMF:
+    """Incremental matrix factorisation with negative sampling (ISGD-style), one event at a time.
+
+    Parameters
+    ----------
+    n_factors: latent dimensions.
+    lr: SGD step for vectors; ``bias_lr`` for item biases (default: ``lr``).
+    l2: L2 penalty applied on every update of a vector (keeps norms bounded in a stream).
+    n_negatives: sampled negatives per positive (``learn_one``), each pushed towards 0.
+    negative_weight: weight of a sampled negative relative to the positive it comes with (a
+        sampled negative is weaker evidence than an explicit one).
+    negatives: ``"popularity"``, ``"uniform"`` or ``"lru"`` (see the module docstring).
+    window: number of recent positives the popularity sampler draws from.
+    loss: ``"logistic"`` (error ``target - sigmoid(score)``: bounded steps, so a heavy ``weight``
+        or a high ``lr`` cannot blow vectors up) or ``"squared"`` (ISGD: ``target - score``).
+    use_bias: learn a per-item bias (popularity); without it scores are pure dot products.
+    init_scale: standard deviation of new rows.
+    seed: seeds new rows (with their id) and negative sampling.
+    """
+
+    def __init__(self, n_factors: int = 32, lr: float = 0.25, l2: float = 0.001,
+                 n_negatives: int = 8, negative_weight: float = 0.5, negatives: str = "lru",
+                 window: int = 10_000, loss: str = "logistic", use_bias: bool = True,
+                 bias_lr: float | None = None, init_scale: float = 0.1, seed: int = 0,
+                 initial_capacity: int = 1024) -> None:
+        if negatives not in NEGATIVE_SAMPLERS:
+            raise ValueError(f"negatives must be one of {NEGATIVE_SAMPLERS}, not {negatives!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, not {loss!r}")
+        self.n_factors = int(n_factors)
+        self.lr = float(lr)
+        self.l2 = float(l2)
+        self.n_negatives = int(n_negatives)
+        self.negative_weight = float(negative_weight)
+        self.negatives = negatives
+        self.window = int(window)
+        self.loss = loss
+        self.use_bias = bool(use_bias)
+        self.bias_lr = self.lr if bias_lr is None else float(bias_lr)
+        self.init_scale = float(init_scale)
+        self.seed = int(seed)
+        self._rng = np.random.default_rng(seed)
+        cap = max(int(initial_capacity), 1)
+        self._user_row: dict[str, int] = {}
+        self._user_ids: list[str] = []
+        self._item_row: dict[str, int] = {}
+        self._item_ids: list[str] = []
+        self._U = np.zeros((cap, self.n_factors), dtype=np.float32)
+        self._V = np.zeros((cap, self.n_factors), dtype=np.float32)
+        self._b = np.zeros(cap, dtype=np.float32)
+        self._recent = np.zeros(self.window, dtype=np.int64)  # ring buffer of positive item rows
+        self._n_positives = 0
+        self._lru: OrderedDict[int, None] = OrderedDict()  # item rows, least recent first
+        self._dirty: set[int] = set()
+
+    # ------------------------------------------------------------------ rows
+
+    @property
+    def n_users(self) -> int:
+        return len(self._user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self._item_ids)
+
+    @property
+    def item_ids(self) -> list[str]:
+        """Known item ids in row order: ``score_items(u)[r]`` is the score of ``item_ids[r]``.
+
+        The model's own list, not a copy (catalogues are large): do not mutate it.
+        """
+        return self._item_ids
+
+    def _init_row(self, kind: str, key: str) -> np.ndarray:
+        rng = np.random.default_rng(_stable_seed(self.seed, kind, key))
+        return rng.normal(0.0, self.init_scale, self.n_factors).astype(np.float32)
+
+    def _user(self, user_id: str) -> int:
+        row = self._user_row.get(user_id)
+        if row is None:
+            row = len(self._user_ids)
+            self._U = _grown(self._U, row + 1)
+            self._U[row] = self._init_row("u", user_id)
+            self._user_row[user_id] = row
+            self._user_ids.append(user_id)
+        return row
+
+    def _item(self, item_id: str) -> int:
+        row = self._item_row.get(item_id)
+        if row is None:
+            row = len(self._item_ids)
+            if row + 1 > self._V.shape[0]:
+                self._V = _grown(self._V, row + 1)
+                self._b = _grown(self._b, row + 1)
+            self._V[row] = self._init_row("i", item_id)
+            self._item_row[item_id] = row
+            self._item_ids.append(item_id)
+            self._lru[row] = None
+            self._dirty.add(row)
+        return row
+
+    # ------------------------------------------------------------------ learning
+
+    def learn_one(self, user_id: str, item_id: str, weight: float = 1.0, ts: int | None = None) -> None:
+        """Learn one positive interaction (``weight`` from the event type, e.g. conversion > click).
+
+        Also draws ``n_negatives`` negatives for the user (never the positive item itself) and
+        learns all of them in one vectorised step. ``ts`` is accepted for River compatibility and
+        future time-aware variants; learning is in arrival order.
+        """
+        u = self._user(user_id)
+        i = self._item(item_id)
+        negs = self._sample_negatives(i)
+        rows = [i] + negs
+        targets = np.zeros(len(rows), dtype=np.float32)
+        targets[0] = 1.0
+        weights = np.full(len(rows), self.negative_weight * weight, dtype=np.float32)
+        weights[0] = weight
+        self._step(u, rows, targets, weights)
+        self._recent[self._n_positives % self.window] = i
+        self._n_positives += 1
+        if self.negatives == "lru":
+            self._lru.move_to_end(i)
+
+    def learn_negative(self, user_id: str, item_id: str, weight: float = 1.0) -> None:
+        """Learn one explicit negative: the user saw ``item_id`` and did not engage (or dismissed it).
+
+        Use a smaller ``weight`` for weak evidence (an impression without a click) than for strong
+        evidence (a dismissal).
+        """
+        u = self._user(user_id)
+        i = self._item(item_id)
+        self._step(u, [i], np.zeros(1, dtype=np.float32), np.full(1, weight, dtype=np.float32))
+
+    def _sample_negatives(self, positive: int) -> list[int]:
+        n = self.n_negatives
+        if n <= 0:
+            return []
+        if self.negatives == "lru":
+            out = []
+            for row in self._lru:
+                if row != positive:
+                    out.append(row)
+                    if len(out) == n:
+                        break
+            for row in out:
+                self._lru.move_to_end(row)
+            return out
+        if self.negatives == "popularity" and self._n_positives:
+            pool = self._recent
+            size = min(self._n_positives, self.window)
+        else:
+            pool = None
+            size = len(self._item_ids)
+        if size <= 1:
+            return []
+        picks = (self._rng.random(n) * size).astype(np.int64)
+        rows = pool[picks] if pool is not None else picks
+        # distinct, and never the positive: duplicate rows in one fancy-indexed update would
+        # silently keep only the last write
+        return [r for r in dict.fromkeys(rows.tolist()) if r != positive]
+
+    def _step(self, u: int, rows: Sequence[int], targets: np.ndarray, weights: np.ndarray) -> None:
+        """One SGD step on the user's row and the item rows ``rows`` towards ``targets``."""
+        p = self._U[u].copy()
+        Q = self._V[rows]
+        b = self._b[rows]
+        score = Q @ p + b
+        if self.loss == "logistic":
+            score = 1.0 / (1.0 + np.exp(-np.clip(score, -30.0, 30.0)))
+        g = (targets - score) * weights  # gradient of the loss w.r.t. the score, sign flipped
+        # the L2 pull is weighted like the evidence, so a weight-0 event changes nothing
+        lr, l2 = self.lr, self.l2
+        self._U[u] = p + lr * (g @ Q - (l2 * float(weights.max())) * p)
+        self._V[rows] = Q + lr * (g[:, None] * p - (l2 * weights)[:, None] * Q)
+        if self.use_bias:
+            self._b[rows] = b + self.bias_lr * (g - l2 * weights * b)
+        self._dirty.update(rows)
+
+    def forget_user(self, user_id: str) -> bool:
+        """Drop a user's vector (``user_delete``): the row is overwritten, not just unlinked."""
+        row = self._user_row.pop(user_id, None)
+        if row is None:
+            return False
+        last = len(self._user_ids) - 1
+        if row != last:
+            moved = self._user_ids[last]
+            self._U[row] = self._U[last]
+            self._user_ids[row] = moved
+            self._user_row[moved] = row
+        self._U[last] = 0.0
+        self._user_ids.pop()
+        return True
+
+    # ------------------------------------------------------------------ reading
+
+    def user_vector(self, user_id: str) -> np.ndarray:
+        """A copy of the user's vector; zeros (the prior mean) for an unknown user."""
+        row = self._user_row.get(user_id)
+        if row is None:
+            return np.zeros(self.n_factors, dtype=np.float32)
+        return self._U[row].copy()
+
+    def item_vector(self, item_id: str) -> np.ndarray:
+        """A copy of the item's vector; zeros for an unknown item."""
+        row = self._item_row.get(item_id)
+        if row is None:
+            return np.zeros(self.n_factors, dtype=np.float32)
+        return self._V[row].copy()
+
+    def _mean_bias(self) -> float:
+        return float(self._b[: self.n_items].mean()) if self._item_ids else 0.0
+
+    def item_bias(self, item_id: str) -> float:
+        """The item's bias; the mean bias of known items for an unknown item."""
+        row = self._item_row.get(item_id)
+        return float(self._b[row]) if row is not None else self._mean_bias()
+
+    def predict_one(self, user_id: str, item_id: str) -> float:
+        """Score of ``item_id`` for ``user_id`` (higher is better; not a probability)."""
+        return float(self.user_vector(user_id) @ self.item_vector(item_id) + self.item_bias(item_id))
+
+    def score_items(self, user_id: str, item_ids: Iterable[str] | None = None) -> np.ndarray:
+        """Scores of ``item_ids`` for the user (float32), or of all known items in row order
+        (aligned with :attr:`item_ids`) when ``item_ids`` is None. One matrix-vector product.
+        """
+        p = self.user_vector(user_id)
+        n = self.n_items
+        if item_ids is None:
+            return self._V[:n] @ p + self._b[:n]
+        ids = list(item_ids)
+        rows = np.fromiter((self._item_row.get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+        known = rows >= 0
+        out = np.full(len(ids), 0.0 if known.all() else self._mean_bias(), dtype=np.float32)
+        if known.any():
+            r = rows[known]
+            out[known] = self._V[r] @ p + self._b[r]
+        return out
+
+    # ------------------------------------------------------------------ ANN support
+
+    @property
+    def index_dim(self) -> int:
+        """Dimension of :meth:`index_vectors` (one more than ``n_factors`` when biases are used)."""
+        return self.n_factors + (1 if self.use_bias else 0)
+
+    def index_vectors(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Item vectors for an inner-product index: ``[vector, bias]`` per item, so that
+        ``query_vector(u) . index_vectors([i])[0] == predict_one(u, i)``."""
+        rows = np.fromiter((self._item_row.get(i, -1) for i in item_ids), dtype=np.int64,
+                           count=len(item_ids))
+        out = np.zeros((len(rows), self.index_dim), dtype=np.float32)
+        known = rows >= 0
+        out[known, : self.n_factors] = self._V[rows[known]]
+        if self.use_bias:
+            out[known, -1] = self._b[rows[known]]
+            if not known.all():
+                out[~known, -1] = self._mean_bias()
+        return out
+
+    def query_vector(self, user_id: str) -> np.ndarray:
+        """The user's query for an index built from :meth:`index_vectors` (``[vector, 1]``)."""
+        p = self.user_vector(user_id)
+        return np.append(p, np.float32(1.0)) if self.use_bias else p
+
+    def dirty_items(self) -> list[str]:
+        """Items whose vector or bias changed (or that are new) since :meth:`clear_dirty`."""
+        ids = self._item_ids
+        return [ids[r] for r in self._dirty]
+
+    def clear_dirty(self, item_ids: Iterable[str] | None = None) -> None:
+        """Forget the dirty marks of ``item_ids`` (all when None), once they are re-indexed."""
+        if item_ids is None:
+            self._dirty.clear()
+            return
+        for item_id in item_ids:
+            row = self._item_row.get(item_id)
+            if row is not None:
+                self._dirty.discard(row)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def params(self) -> dict:
+        return {"n_factors": self.n_factors, "lr": self.lr, "l2": self.l2,
+                "n_negatives": self.n_negatives, "negative_weight": self.negative_weight,
+                "negatives": self.negatives, "window": self.window, "loss": self.loss,
+                "use_bias": self.use_bias, "bias_lr": self.bias_lr,
+                "init_scale": self.init_scale, "seed": self.seed}
+
+    def to_state(self) -> dict:
+        """Everything needed to continue exactly where this model is: hyper-parameters, id lists
+        (row order), trimmed float32 arrays, sampler state and RNG state. Arrays are copies."""
+        nu, ni = self.n_users, self.n_items
+        size = min(self._n_positives, self.window)
+        return {
+            "version": STATE_VERSION,
+            "params": self.params(),
+            "user_ids": list(self._user_ids),
+            "item_ids": list(self._item_ids),
+            "user_factors": self._U[:nu].copy(),
+            "item_factors": self._V[:ni].copy(),
+            "item_bias": self._b[:ni].copy(),
+            "n_positives": self._n_positives,
+            "recent": self._recent[:size].copy(),
+            "lru": np.fromiter(self._lru, dtype=np.int64, count=len(self._lru)),
+            "dirty": np.fromiter(sorted(self._dirty), dtype=np.int64, count=len(self._dirty)),
+            "rng": self._rng.bit_generator.state,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> "OnlineMF":
+        """The model saved by :meth:`to_state`."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported OnlineMF state version {state.get('version')!r}")
+        model = cls(**state["params"], initial_capacity=max(len(state["item_ids"]),
+                                                            len(state["user_ids"]), 1))
+        model._user_ids = list(state["user_ids"])
+        model._user_row = {u: r for r, u in enumerate(model._user_ids)}
+        model._item_ids = list(state["item_ids"])
+        model._item_row = {i: r for r, i in enumerate(model._item_ids)}
+        nu, ni = len(model._user_ids), len(model._item_ids)
+        model._U[:nu] = state["user_factors"]
+        model._V[:ni] = state["item_factors"]
+        model._b[:ni] = state["item_bias"]
+        model._n_positives = int(state["n_positives"])
+        recent = np.asarray(state["recent"], dtype=np.int64)
+        model._recent[: len(recent)] = recent
+        model._lru = OrderedDict((int(r), None) for r in state["lru"])
+        model._dirty = {int(r) for r in state["dirty"]}
+        model._rng.bit_generator.state = state["rng"]
+        return model
+
+    def __repr__(self) -> str:
+        return (f"OnlineMF(n_factors={self.n_factors}, lr={self.lr}, l2={self.l2}, "
+                f"n_negatives={self.n_negatives}, negatives={self.negatives!r}, "
+                f"users={self.n_users}, items={self.n_items})")
