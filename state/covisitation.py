@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 from typing import MutableMapping, Sequence
 
-from freshrec.state.decay import REBASE_EXPONENT, growth, rebase, value_at
+from freshrec.state.decay import REBASE_EXPONENT, growth, rebase
 
 
 def new_covis_row() -> dict:
@@ -111,14 +111,6 @@ class CoVisitation:
         cached = [(k, w / total) for k, w in top]
         self._top[item] = cached
         return cached[:n]
-
-    def weight(self, item: str, neighbour: str, now_ms: int) -> float:
-        """Decayed raw co-visitation weight between two items at ``now_ms``."""
-        row = self.rows.get(item)
-        if row is None:
-            return 0.0
-        w = row["n"].get(neighbour, 0.0)
-        return value_at(w, row["t0"], now_ms, self.half_life_ms) if w else 0.0
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -53,13 +53,6 @@ class Dirty:
         return len(self.users) + len(self.items) + len(self.covis)
 
 
-@dataclass
-class ApplyOutcome:
-    applied: bool  # False when the event was a duplicate (skipped whole)
-    user_changed: bool
-    items: tuple[str, ...] = ()
-
-
 class FeatureStore:
     """Applies interaction events to persisted rows and keeps merged views current."""
 
@@ -99,8 +92,12 @@ class FeatureStore:
         row = self.users.get(user_id)
         return None if row is None or row.get("deleted") else row
 
-    def apply(self, event: dict, partition: int, offset: int, dirty: Dirty) -> ApplyOutcome:
-        """Fold one validated interaction event (from ``partition``/``offset``) into the rows."""
+    def apply(self, event: dict, partition: int, offset: int, dirty: Dirty) -> bool:
+        """Fold one validated interaction event (from ``partition``/``offset``) into the rows.
+
+        Returns False when the event was skipped whole (a resent duplicate, or a replayed
+        deletion already applied).
+        """
         s = self.settings
         etype = event["type"]
         user_id = event["user_id"]
@@ -115,7 +112,7 @@ class FeatureStore:
             urow = us.new_user_row() if urow is None else {**us.new_user_row(), "wm": urow["wm"]}
             self.users[user_id] = urow
         if us.is_duplicate(urow, event["event_id"], offset):
-            return ApplyOutcome(applied=False, user_changed=False)
+            return False
 
         user_fresh = urow["wm"] < offset
         previous = us.history_before(urow, offset)
@@ -123,10 +120,8 @@ class FeatureStore:
         # Per-item counts of this event (a slate may list an item twice: count both, once).
         if etype == "impression":
             counts = Counter(event["item_ids"])
-            touched = tuple(counts)
             per_item = {item: {"impression": n} for item, n in counts.items()}
         else:
-            touched = (event["item_id"],)
             per_item = {event["item_id"]: {etype: 1}}
 
         for item, item_counts in per_item.items():
@@ -153,7 +148,7 @@ class FeatureStore:
                 urow["last_ts"] = ts
             urow["wm"] = offset
             dirty.users[user_id] = partition
-        return ApplyOutcome(applied=True, user_changed=user_fresh, items=touched)
+        return True
 
     def _add_covis(self, item: str, previous: list[str], ts: int, partition: int, offset: int,
                    dirty: Dirty) -> None:
@@ -175,11 +170,11 @@ class FeatureStore:
             row["wm"] = offset
             dirty.covis[key] = partition
 
-    def _delete_user(self, user_id: str, partition: int, offset: int, dirty: Dirty) -> ApplyOutcome:
+    def _delete_user(self, user_id: str, partition: int, offset: int, dirty: Dirty) -> bool:
         """Forget a user's personal state; a tombstone keeps only the replay watermark."""
         old = self.users.get(user_id)
         if old is not None and old["wm"] >= offset:
-            return ApplyOutcome(applied=False, user_changed=False)
+            return False
         self.users[user_id] = {"deleted": True, "wm": offset}
         dirty.users[user_id] = partition
-        return ApplyOutcome(applied=True, user_changed=True)
+        return True

@@ -121,8 +121,7 @@ class Pipeline:
             event = self._decode(record, INTERACTION_TYPES, now, result)
             if event is None:
                 continue
-            outcome = apply(event, record.partition, record.offset, result.dirty)
-            if not outcome.applied:
+            if not apply(event, record.partition, record.offset, result.dirty):
                 result.duplicates += 1
                 self.counters["duplicates"] += 1
                 continue

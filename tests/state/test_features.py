@@ -66,7 +66,7 @@ def test_counts_equal_a_direct_count_and_duplicates_count_once():
     store = FeatureStore(Settings())
     dirty = Dirty()
     outcomes = [store.apply(ev, p, o, dirty) for p, o, ev in stream]
-    assert sum(not o.applied for o in outcomes) == len(dupes)
+    assert sum(not applied for applied in outcomes) == len(dupes)
     assert _store_counts(store) == _direct_counts(events)
 
 
