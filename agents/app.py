@@ -92,7 +92,10 @@ def create_app(settings: Settings) -> faust.App:
         datadir=str(datadir),
         producer_max_request_size=MAX_MESSAGE_BYTES,
         consumer_max_fetch_size=MAX_MESSAGE_BYTES,
-        stream_buffer_maxsize=max(4096, settings.batch_max * 2),
+        # A full stream buffer makes Faust pause partitions; its flow control has known races
+        # that can stall a consumer (faust-streaming #88, #236, #175). A large buffer of small
+        # events keeps a worker catching up on a backlog away from that path.
+        stream_buffer_maxsize=max(100_000, settings.batch_max * 2),
         broker_commit_interval=1.0,
     )
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
