@@ -11,7 +11,6 @@ when due. Row watermarks make the replays after a crash harmless.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from typing import Any
 
@@ -20,6 +19,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from freshrec.agents.changelog import ChangelogWriter, flush_rows_before_commits
+from freshrec.agents.publishing import PublishLog
 from freshrec.settings import Settings, state_dir
 from freshrec.state.pipeline import Pipeline, Record
 from freshrec.state.publisher import publish
@@ -39,8 +39,7 @@ class WorkerRuntime:
         self.redis = redis_client
         self.flush_lock = asyncio.Lock()
         self.needs_rebuild = True
-        self.freshness_ms: collections.deque[int] = collections.deque(maxlen=20000)
-        self.redis_errors = 0
+        self.log = PublishLog(pipeline)
 
     async def flush(self, force: bool = False) -> None:
         """Recompute what is due and write it to Redis in one pipeline."""
@@ -50,23 +49,13 @@ class WorkerRuntime:
                 return
             try:
                 await publish(self.redis, updates, self.settings.recs_ttl_s)
-            except Exception as exc:  # Redis down: keep consuming, lists catch up on recovery
-                self.redis_errors += 1
-                self.pipeline.requeue(updates)
-                log.warning("redis publish failed (%s); will retry with the next flush", exc)
+            except Exception as exc:  # noqa: BLE001 - Redis down: keep consuming
+                self.log.failed(updates, exc)
                 return
-            self.freshness_ms.extend(updates.freshness_ms)
-            self.pipeline.counters["published"] += len(updates.sets)
+            self.log.published(updates)
 
     def stats(self) -> dict:
-        fresh = sorted(self.freshness_ms)
-
-        def q(p: float) -> int | None:
-            return fresh[min(len(fresh) - 1, int(p * len(fresh)))] if fresh else None
-
-        return {"counters": dict(self.pipeline.counters), "freshness_ms": {"p50": q(0.5), "p99": q(0.99),
-                "n": len(fresh)}, "redis_errors": self.redis_errors,
-                "items": len(self.pipeline.features.item_stats), "users": len(self.pipeline.features.users)}
+        return self.log.stats(engine="faust")
 
 
 def _records(events: list) -> list[Record]:

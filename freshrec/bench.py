@@ -149,8 +149,15 @@ def _measure_freshness(settings: Settings, rate: float, seconds: float, users: i
 @click.option("--rate", "rates", multiple=True, type=float, default=(100.0, 5000.0), show_default=True,
               help="Produce rates (events/s) of the freshness phases; repeat the option for several.")
 @click.option("--seconds", default=15.0, show_default=True, help="Length of each freshness phase.")
+@click.option("--engine", type=click.Choice(["stream", "faust"]), default="stream", show_default=True,
+              help="Worker engine to measure.")
+@click.option("--model", type=click.Choice(["learning", "covis"]), default="learning", show_default=True,
+              help="learning: online MF + HNSW + content index + click model; covis: counting baseline.")
+@click.option("--faust-baseline/--no-faust-baseline", default=True, show_default=True,
+              help="Also measure a bare Faust agent on the same topic.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the figures as JSON here.")
-def bench(events: int, users: int, items: int, rates: tuple[float, ...], seconds: float, out: Path | None) -> None:
+def bench(events: int, users: int, items: int, rates: tuple[float, ...], seconds: float, engine: str, model: str,
+          faust_baseline: bool, out: Path | None) -> None:
     """Measure events/s and freshness p50/p99 of the whole pipeline against raw Kafka consume.
 
     Uses the local services (`freshrec dev up`, started if needed) unless FRESHREC_KAFKA_BROKERS
@@ -170,8 +177,10 @@ def bench(events: int, users: int, items: int, rates: tuple[float, ...], seconds
         DevStack().up()
     run = time.strftime("%Y%m%d%H%M%S")
     base = load_settings()
+    if engine == "faust" and model != "covis":
+        raise click.BadParameter("the faust engine runs the covis model only", param_hint="--model")
     settings = base.replace(topic_prefix=f"bench-{run}", app_id=f"bench-{run}", redis_prefix=f"bench-{run}",
-                            web_port=0)
+                            web_port=0, engine=engine, model=model)
     ensure_topics(settings)
     click.echo(f"preloading {events:,} synthetic events ({users:,} users, {items:,} items) ...", err=True)
     stream = synthetic_events(n_users=users, n_items=items, n_events=events, seed=1)
@@ -182,7 +191,7 @@ def bench(events: int, users: int, items: int, rates: tuple[float, ...], seconds
     click.echo("raw baseline: confluent-kafka batch consume + orjson decode ...", err=True)
     raw_rate = raw_consume_rate(settings, settings.interactions_topic, n_interactions)
     click.echo("Faust ceiling: a bare Faust agent that only decodes ...", err=True)
-    faust_rate = faust_consume_rate(settings, settings.interactions_topic, n_interactions)
+    faust_rate = faust_consume_rate(settings, settings.interactions_topic, n_interactions) if faust_baseline else None
 
     log_path = state_dir() / "bench" / f"worker-{run}.log"
     click.echo(f"pipeline: starting a worker (log {log_path}) on the backlog ...", err=True)
@@ -198,17 +207,19 @@ def bench(events: int, users: int, items: int, rates: tuple[float, ...], seconds
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-    result = {"events": n_interactions, "raw_consume_decode_events_per_s": round(raw_rate),
-              "bare_faust_consume_decode_events_per_s": round(faust_rate),
+    result = {"engine": engine, "model": model, "events": n_interactions,
+              "raw_consume_decode_events_per_s": round(raw_rate),
+              "bare_faust_consume_decode_events_per_s": round(faust_rate) if faust_rate else None,
               "pipeline_events_per_s": round(rate), "pipeline_seconds": round(secs, 2),
               "ratio_pipeline_to_raw": round(rate / raw_rate, 4), "freshness": fresh}
     click.echo("")
     click.echo(f"events in backlog:                      {n_interactions:,}")
     click.echo(f"raw consume + decode (confluent-kafka): {raw_rate:>10,.0f} events/s")
-    click.echo(f"bare Faust agent, decode only:          {faust_rate:>10,.0f} events/s   "
-               f"({100 * faust_rate / raw_rate:.1f}% of raw)")
-    click.echo(f"whole pipeline (freshrec worker):       {rate:>10,.0f} events/s   "
-               f"({100 * rate / raw_rate:.1f}% of raw, {100 * rate / faust_rate:.0f}% of bare Faust)")
+    if faust_rate:
+        click.echo(f"bare Faust agent, decode only:          {faust_rate:>10,.0f} events/s   "
+                   f"({100 * faust_rate / raw_rate:.1f}% of raw)")
+    click.echo(f"whole pipeline ({engine} engine, {model}): {rate:>10,.0f} events/s   "
+               f"({100 * rate / raw_rate:.1f}% of raw)")
     for f in fresh:
         click.echo(f"freshness at {f['target_rate']:>6,.0f} ev/s (produced {f['achieved_produce_rate']:,.0f}/s): "
                    f"p50 {f['p50_ms']} ms  p99 {f['p99_ms']} ms  over {f['lists']:,} lists")

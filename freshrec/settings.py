@@ -54,7 +54,8 @@ class Settings:
     partitions: int = 8  # partitions of the interactions and catalogue topics (created on start)
     replication_factor: int = 1
     app_id: str = "freshrec"  # Faust app id = consumer group and changelog topic prefix
-    web_port: int = 6066  # Faust web server (metrics/health later); 0 disables it
+    web_port: int = 6066  # worker HTTP: /metrics, /health, /ready (stream engine; Faust's web on faust); 0: off
+    web_host: str = "127.0.0.1"  # bind address of the worker HTTP endpoints (0.0.0.0 in containers)
     # --- input contract
     max_event_bytes: int = 65536  # larger payloads are dead-lettered as oversized
     max_future_s: float = 86400.0  # events with ts further in the future are dead-lettered
@@ -63,7 +64,7 @@ class Settings:
     history_len: int = 50  # per user: last N items kept (with time)
     seen_max: int = 2000  # per user: bounded seen set
     dedupe_window: int = 1000  # per user: recent event_ids remembered for idempotence
-    covis_window: int = 10  # co-visitation pairs with the user's last W items
+    covis_window: int = 20  # co-visitation pairs with the user's last W items
     covis_half_life_s: float = 30 * 86400.0  # event-time half-life of co-visitation weights
     covis_max_neighbors: int = 200  # per item: strongest co-visited neighbours kept
     ctr_prior_clicks: float = 1.0  # Beta prior for CTR: (clicks + a) / (impressions + a + b)
@@ -73,9 +74,36 @@ class Settings:
     similar_k: int = 20
     trending_k: int = 50
     recompute_interval_ms: int = 200  # a user's list is recomputed at most once per interval
+    recompute_budget_ms: int = 100  # at most this long recomputing lists per flush (0: no limit)
     trending_interval_ms: int = 1000  # trending / similar lists refresh interval
     redis_prefix: str = "freshrec"
     recs_ttl_s: int = 7 * 86400  # TTL of published keys; 0 = no expiry
+    # --- learning recommender (state/ranking.py); model "covis" is the counting baseline
+    model: str = "learning"  # "learning" (MF + HNSW + content + click model) or "covis"
+    mf_factors: int = 32  # online MF latent dimensions
+    mf_lr: float = 0.25  # online MF learning rate (see state/embeddings.py for the measured cliff)
+    weight_click: float = 1.0  # MF positive weight of a click
+    weight_conversion: float = 2.0
+    weight_rating: float = 1.0  # ratings >= rating_positive_min are positives with this weight
+    rating_positive_min: float = 0.0  # 0: every rating is a positive; e.g. 4 on a 1-5 scale
+    weight_dismiss: float = 1.0  # MF negative weight of a dismissal (and of low ratings)
+    weight_impression: float = 0.05  # MF negative weight of each shown item (a click overrides it)
+    click_window_s: float = 600.0  # event time an impression waits for its clicks before it is learned
+    click_lr: float = 0.008  # SGD learning rate of the click model
+    click_negatives: int = 8  # sampled candidate negatives per positive without an impression
+    ann_candidates: int = 200  # candidates from the MF item index per user
+    content_candidates: int = 20  # candidates from the content index per user
+    fresh_candidates: int = 20  # newest catalogue items considered per user
+    explore_share: float = 0.1  # share of list slots for exploration (Thompson sampling on CTR)
+    explore_max_views: int = 100  # an item is explored while impressions + engagements are below this
+    fresh_window_s: float = 2 * 86400.0  # items upserted within this event time count as fresh
+    diversity_max_share: float = 0.7  # at most this share of a list from one category (1 = no cap)
+    index_refresh_ms: int = 1000  # dirty item vectors re-indexed in one batch per interval
+    index_batch_max: int = 500  # at most this many items re-indexed per refresh (most changed first)
+    checkpoint_interval_s: float = 30.0  # stream engine: state + offsets checkpoint interval
+    checkpoint_keep: int = 3  # checkpoints kept
+    engine: str = "stream"  # worker engine: "stream" (confluent-kafka, checkpoints) or "faust"
+    seed: int = 0  # seeds model initialisation and exploration
     # --- batching
     batch_max: int = 2000  # events per processing batch
     batch_within_ms: int = 20  # max wait to fill a batch

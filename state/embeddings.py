@@ -211,6 +211,22 @@ class OnlineMF:
         i = self._item(item_id)
         self._step(u, [i], np.zeros(1, dtype=np.float32), np.full(1, weight, dtype=np.float32))
 
+    def learn_negatives(self, user_id: str, item_ids: Sequence[str], weight: float = 1.0) -> None:
+        """Learn several explicit negatives of one user in one vectorised step (e.g. the items of
+        an impression, with a small ``weight``; the clicked one is then learned as a positive)."""
+        if not item_ids:
+            return
+        u = self._user(user_id)
+        rows = list(dict.fromkeys(self._item(i) for i in item_ids))
+        n = len(rows)
+        self._step(u, rows, np.zeros(n, dtype=np.float32), np.full(n, weight, dtype=np.float32))
+
+    def knows_user(self, user_id: str) -> bool:
+        return user_id in self._user_row
+
+    def knows_item(self, item_id: str) -> bool:
+        return item_id in self._item_row
+
     def _sample_negatives(self, positive: int) -> list[int]:
         n = self.n_negatives
         if n <= 0:
@@ -314,6 +330,33 @@ class OnlineMF:
         if known.any():
             r = rows[known]
             out[known] = self._V[r] @ p + self._b[r]
+        return out
+
+    def mean_item_vector(self, anchors: Sequence[str], weights: Sequence[float]) -> np.ndarray | None:
+        """The weighted mean vector of the known ``anchors`` (None when none is known)."""
+        get = self._item_row.get
+        a = [(get(i), w) for i, w in zip(anchors, weights)]
+        a = [(r, w) for r, w in a if r is not None]
+        if not a:
+            return None
+        return (np.asarray([w for _, w in a], dtype=np.float32) @ self._V[[r for r, _ in a]]) / sum(w for _, w in a)
+
+    def item_similarity(self, item_ids: Sequence[str], anchors: Sequence[str],
+                        weights: Sequence[float]) -> np.ndarray:
+        """Cosine of each item's vector with the weighted mean vector of ``anchors`` (e.g. the
+        user's recent items): item-to-item similarity in the MF space, 0 where unknown."""
+        out = np.zeros(len(item_ids), dtype=np.float32)
+        q = self.mean_item_vector(anchors, weights)
+        qn = 0.0 if q is None else float(np.linalg.norm(q))
+        if qn == 0.0 or not len(item_ids):
+            return out
+        get = self._item_row.get
+        rows = np.fromiter((get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        known = rows >= 0
+        if known.any():
+            V = self._V[rows[known]]
+            norms = np.linalg.norm(V, axis=1)
+            out[known] = (V @ q) / (np.maximum(norms, 1e-9) * qn)
         return out
 
     # ------------------------------------------------------------------ ANN support

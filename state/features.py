@@ -92,6 +92,16 @@ class FeatureStore:
         row = self.users.get(user_id)
         return None if row is None or row.get("deleted") else row
 
+    def is_new(self, event: dict, offset: int) -> bool:
+        """True when ``apply`` would fold this interaction into the user's row for the first time
+        (not a resent duplicate, not a replay the row already reflects): learning happens once."""
+        row = self.users.get(event["user_id"])
+        if row is None:
+            return True
+        if row["wm"] >= offset:
+            return False
+        return bool(row.get("deleted")) or not us.is_duplicate(row, event["event_id"], offset)
+
     def apply(self, event: dict, partition: int, offset: int, dirty: Dirty) -> bool:
         """Fold one validated interaction event (from ``partition``/``offset``) into the rows.
 

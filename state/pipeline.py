@@ -21,6 +21,7 @@ from freshrec.state.catalogue import Catalogue
 from freshrec.state.features import Dirty, FeatureStore
 from freshrec.state.publisher import RedisKeys, Updates, recs_payload, similar_payload, trending_payload
 from freshrec.state.recommender import CoVisitationRecommender
+from freshrec.state.ranking import LearningRecommender
 from freshrec.state.trending import Trending
 from freshrec.streams.schema import CATALOGUE_TYPES, INTERACTION_TYPES, InvalidEvent, decode_event
 
@@ -73,7 +74,7 @@ class Pipeline:
         self.features = FeatureStore(settings, users, items, covis)
         self.catalogue = Catalogue(catalogue)
         self.trending = Trending(self.features.item_stats, self.catalogue, settings.trending_k)
-        self.recommender = CoVisitationRecommender(self.features.covis, self.catalogue, self.trending)
+        self.recommender: CoVisitationRecommender | LearningRecommender = self._make_recommender()
         self.pending_users: dict[str, None] = {}  # insertion-ordered set of users to recompute
         self.deleted_users: set[str] = set()
         self.pending_similar: set[str] = set()
@@ -81,6 +82,18 @@ class Pipeline:
         self.last_trending_ms = 0
         self.changed_since_trending = True  # anything applied since trending was last computed
         self.counters: Counter[str] = Counter()
+
+    def _make_recommender(self) -> CoVisitationRecommender | LearningRecommender:
+        model = self.settings.model
+        if model == "learning":
+            return LearningRecommender(self.settings, self.features, self.catalogue, self.trending)
+        if model == "covis":
+            return CoVisitationRecommender(self.features.covis, self.catalogue, self.trending)
+        raise ValueError(f"FRESHREC_MODEL={model!r}: expected 'learning' or 'covis'")
+
+    @property
+    def learning(self) -> bool:
+        return isinstance(self.recommender, LearningRecommender)
 
     @property
     def model_name(self) -> str:
@@ -93,6 +106,39 @@ class Pipeline:
         self.recommender.covis = self.features.covis
         self.trending.refresh(self.features.stream_time_ms, self.features.item_stats)
         self.last_trending_ms = 0
+
+    # ------------------------------------------------------------------ checkpoints
+    def to_state(self) -> dict:
+        """The whole state as plain picklable data, for a checkpoint (the stream engine saves it
+        with the offsets it reflects; the MF index graph is saved beside it, see ``index``)."""
+        f = self.features
+        return {
+            "version": 1, "model": self.settings.model,
+            "users": dict(f.users), "items": dict(f.item_parts), "covis": dict(f.covis_parts),
+            "catalogue": dict(self.catalogue.rows), "stream_time_ms": f.stream_time_ms,
+            "pending_users": list(self.pending_users), "deleted_users": list(self.deleted_users),
+            "pending_similar": list(self.pending_similar), "counters": dict(self.counters),
+            "recommender": self.recommender.to_state() if self.learning else None,
+        }
+
+    def load_state(self, state: dict, index=None) -> None:
+        """Restore :meth:`to_state` (``index``: the saved MF item index, rebuilt when None)."""
+        if state.get("model") != self.settings.model:
+            raise ValueError(f"checkpoint holds model {state.get('model')!r}, the worker runs "
+                             f"{self.settings.model!r}: use a fresh FRESHREC_APP_ID or FRESHREC_MODEL")
+        f = self.features
+        f.users.clear(); f.users.update(state["users"])  # noqa: E702
+        f.item_parts.clear(); f.item_parts.update(state["items"])  # noqa: E702
+        f.covis_parts.clear(); f.covis_parts.update(state["covis"])  # noqa: E702
+        self.catalogue.rows.clear(); self.catalogue.rows.update(state["catalogue"])  # noqa: E702
+        self.rebuild()
+        f.stream_time_ms = max(f.stream_time_ms, state["stream_time_ms"])
+        self.pending_users = dict.fromkeys(state["pending_users"])
+        self.deleted_users = set(state["deleted_users"])
+        self.pending_similar = set(state["pending_similar"])
+        self.counters = Counter(state["counters"])
+        if self.learning:
+            self.recommender.load_state(state["recommender"], index)
 
     # ------------------------------------------------------------------ ingest
     def _decode(self, record: Record, allowed: frozenset[str], now_ms: int,
@@ -116,11 +162,15 @@ class Pipeline:
         """Validate and apply a batch from the interactions topic (any mix of partitions)."""
         result = BatchResult()
         now = self.clock()
-        apply = self.features.apply
+        features = self.features
+        apply = features.apply
+        learn = self.recommender.learn_event if self.learning else None
         for record in records:
             event = self._decode(record, INTERACTION_TYPES, now, result)
             if event is None:
                 continue
+            if learn is not None and features.is_new(event, record.offset):
+                learn(event, features.user(event["user_id"]))
             if not apply(event, record.partition, record.offset, result.dirty):
                 result.duplicates += 1
                 self.counters["duplicates"] += 1
@@ -148,6 +198,7 @@ class Pipeline:
             if event is None:
                 continue
             if self.catalogue.apply(event):
+                self.recommender.observe_catalogue(event)
                 result.applied += 1
                 self.changed_since_trending = True
                 result.catalogue_dirty[event["item_id"]] = record.partition
@@ -179,17 +230,31 @@ class Pipeline:
             return updates
         self.last_recompute_ms = now
         users = self.features
+        # Under overload, recompute for at most recompute_budget_ms per flush, oldest pending
+        # first (a user keeps its place in the queue while new events arrive for it): the
+        # worker keeps consuming and learning, and lists catch up as load drops.
+        budget_s = s.recompute_budget_ms / 1000.0 if s.recompute_budget_ms > 0 and not force else None
+        t0 = time.perf_counter()
+        done: list[str] = []
         for user_id in self.pending_users:
             row = users.user(user_id)
-            scored = self.recommender.recommend_one(row, s.recs_k)
+            scored = self.recommender.publish_one(user_id, row, s.recs_k)
             event_ts = row["last_ts"] if row else 0
             updates.sets.append((self.keys.recs(user_id),
                                  recs_payload(user_id, scored, self.model_name, now, event_ts)))
             updates.freshness_ms.append(now - event_ts)
-        updates.recs = len(self.pending_users)
-        updates.users = [*self.pending_users, *self.deleted_users]
-        self.counters["recomputes"] += len(self.pending_users)
-        self.pending_users.clear()
+            done.append(user_id)
+            if budget_s is not None and time.perf_counter() - t0 >= budget_s:
+                break
+        updates.recs = len(done)
+        updates.users = [*done, *self.deleted_users]
+        self.counters["recomputes"] += len(done)
+        if len(done) == len(self.pending_users):
+            self.pending_users.clear()
+        else:
+            for user_id in done:
+                del self.pending_users[user_id]
+            self.counters["recompute_deferred"] += len(self.pending_users)
         updates.deletes.extend(self.keys.recs(u) for u in self.deleted_users)
         self.deleted_users.clear()
         return updates
@@ -210,19 +275,32 @@ class Pipeline:
         stream_now = self.features.stream_time_ms
         self.features.covis.expire_cache()
         self.trending.refresh(stream_now, self.features.item_stats)
+        for name, n in self.recommender.refresh(now, stream_now).items():
+            self.counters[name] += n
         updates.sets.append((self.keys.trending(), trending_payload(None, self.trending.global_list, now)))
         for cat, top in self.trending.by_category.items():
             updates.sets.append((self.keys.trending(cat), trending_payload(cat, top, now)))
+        # the same per-flush budget as user lists: under overload, the rest waits for the next refresh
+        budget_s = self.settings.recompute_budget_ms / 1000.0 if self.settings.recompute_budget_ms > 0 else None
+        t0 = time.perf_counter()
+        done: list[str] = []
         for item in self.pending_similar:
+            done.append(item)
             if self.catalogue.is_deleted(item):
                 updates.deletes.append(self.keys.similar(item))
                 continue
             scored = self.recommender.similar_one(item, self.settings.similar_k)
             updates.sets.append((self.keys.similar(item),
                                  similar_payload(item, scored, self.model_name, now)))
-        updates.similar = list(self.pending_similar)
-        self.pending_similar.clear()
+            if budget_s is not None and time.perf_counter() - t0 >= budget_s:
+                break
+        updates.similar = done
+        if len(done) == len(self.pending_similar):
+            self.pending_similar.clear()
+        else:
+            self.pending_similar.difference_update(done)
+            self.changed_since_trending = True  # come back for the rest
 
     def recommend(self, user_id: str, k: int | None = None) -> list[tuple[str, float]]:
         """The list the worker would publish for ``user_id`` now (used by eval and tests)."""
-        return self.recommender.recommend_one(self.features.user(user_id), k or self.settings.recs_k)
+        return self.recommender.recommend_one(user_id, self.features.user(user_id), k or self.settings.recs_k)

@@ -73,14 +73,24 @@ class Updates:
         return bool(self.sets or self.deletes)
 
 
-async def publish(client: Any, updates: Updates, ttl_s: int) -> None:
-    """Write ``updates`` with one pipelined round trip (``client``: ``redis.asyncio.Redis``)."""
-    if not updates:
-        return
+def _pipeline(client: Any, updates: Updates, ttl_s: int) -> Any:
+    """A non-transactional pipeline holding every write of ``updates`` (one round trip)."""
     pipe = client.pipeline(transaction=False)
     ex = ttl_s if ttl_s > 0 else None
     for key, value in updates.sets:
         pipe.set(key, value, ex=ex)
     if updates.deletes:
         pipe.delete(*updates.deletes)
-    await pipe.execute()
+    return pipe
+
+
+async def publish(client: Any, updates: Updates, ttl_s: int) -> None:
+    """Write ``updates`` with one pipelined round trip (``client``: ``redis.asyncio.Redis``)."""
+    if updates:
+        await _pipeline(client, updates, ttl_s).execute()
+
+
+def publish_sync(client: Any, updates: Updates, ttl_s: int) -> None:
+    """:func:`publish` for a blocking client (``redis.Redis``), used by the stream engine."""
+    if updates:
+        _pipeline(client, updates, ttl_s).execute()

@@ -18,6 +18,18 @@ from freshrec.state.users import recent_items
 TRENDING_WEIGHT = 1e-3  # trending only breaks ties and fills lists
 
 
+def covis_scores(covis: CoVisitation, recent: list[str], neighbours_n: int) -> dict[str, float]:
+    """Co-visitation score of every neighbour of the user's ``recent`` items (newest first),
+    each item's normalised neighbour weights scaled by its recency weight ``1 / (1 + rank)``."""
+    scores: dict[str, float] = {}
+    get = scores.get
+    for rank, item in enumerate(recent):
+        w = 1.0 / (1 + rank)
+        for neighbour, s in covis.neighbours(item, neighbours_n):
+            scores[neighbour] = get(neighbour, 0.0) + w * s
+    return scores
+
+
 class CoVisitationRecommender:
     """Scores items for a user from co-visitation and trending (``recommend_one``)."""
 
@@ -32,15 +44,11 @@ class CoVisitationRecommender:
         self.recent_n = recent_n
         self.neighbours_n = neighbours_n
 
-    def recommend_one(self, user_row: dict | None, k: int) -> list[tuple[str, float]]:
+    def recommend_one(self, user_id: str, user_row: dict | None, k: int) -> list[tuple[str, float]]:
         """Top ``k`` ``(item_id, score)`` for the user whose row is ``user_row`` (None: new user)."""
         seen = user_row["seen"] if user_row else {}
         deleted = self.catalogue.deleted
-        scores: dict[str, float] = {}
-        for rank, item in enumerate(recent_items(user_row, self.recent_n)):
-            w = 1.0 / (1 + rank)
-            for neighbour, s in self.covis.neighbours(item, self.neighbours_n):
-                scores[neighbour] = scores.get(neighbour, 0.0) + w * s
+        scores = covis_scores(self.covis, recent_items(user_row, self.recent_n), self.neighbours_n)
         trending = self.trending.global_list
         n = len(trending) or 1
         for pos, (item, _s) in enumerate(trending):
@@ -49,6 +57,19 @@ class CoVisitationRecommender:
             (s, item) for item, s in scores.items() if item not in seen and item not in deleted
         )
         return [(item, s) for s, item in heapq.nlargest(k, candidates)]
+
+    def publish_one(self, user_id: str, user_row: dict | None, k: int) -> list[tuple[str, float]]:
+        """The list to publish (the baseline keeps nothing of it)."""
+        return self.recommend_one(user_id, user_row, k)
+
+    def learn_event(self, event: dict, user_row: dict | None) -> None:
+        """The baseline learns nothing beyond the feature store's counts."""
+
+    def observe_catalogue(self, event: dict) -> None:
+        """Catalogue changes reach the baseline through the catalogue itself."""
+
+    def refresh(self, now_ms: int, stream_time_ms: int, force: bool = False) -> dict:
+        return {}
 
     def similar_one(self, item_id: str, k: int) -> list[tuple[str, float]]:
         """Items most co-visited with ``item_id`` (deleted excluded)."""

@@ -168,23 +168,31 @@ class FreshrecMethod:
     name = "freshrec"
     probabilistic = True
     REPORTED_SETTINGS = ("half_life_s", "covis_half_life_s", "covis_window", "covis_max_neighbors",
-                         "history_len", "seen_max", "trending_k", "ctr_prior_clicks", "ctr_prior_impressions")
+                         "history_len", "seen_max", "trending_k", "ctr_prior_clicks", "ctr_prior_impressions",
+                         "mf_factors", "mf_lr", "weight_impression", "explore_share", "diversity_max_share",
+                         "ann_candidates", "content_candidates")
 
     def __init__(self, settings: Settings | None = None, refresh_every: int = 100, partitions: int = 8,
-                 **overrides: Any) -> None:
+                 index_every: int = 1000, **overrides: Any) -> None:
         base = settings if settings is not None else load_settings()
         try:
             self.settings = base.replace(**overrides) if overrides else base
         except TypeError as exc:
             raise MethodError(f"freshrec: unknown setting in {sorted(overrides)} ({exc})") from None
+        # the index refresh is driven by event counts here (the worker's is by wall time), so
+        # that a run gives the same numbers on a fast and on a slow machine
+        self.settings = self.settings.replace(index_refresh_ms=10**12)
         self.refresh_every = max(1, int(refresh_every))
+        self.index_every = max(1, int(index_every))
+        self._since_index = 0
         self.partitions = int(partitions)
         self.latest_ts = 0
         self.pipeline = Pipeline(self.settings, clock=self._clock)
         self._offsets: dict[tuple[str, int], int] = {}
         self._since_refresh = 0
         s = self.settings
-        self.params = {"refresh_every": self.refresh_every, "partitions": self.partitions, **overrides,
+        self.params = {"model": s.model, "refresh_every": self.refresh_every, "index_every": self.index_every,
+                       "partitions": self.partitions, **overrides,
                        "settings": {f: getattr(s, f) for f in self.REPORTED_SETTINGS}}
 
     def _clock(self) -> int:
@@ -207,6 +215,10 @@ class FreshrecMethod:
             result = self.pipeline.process_interactions(
                 [self._record(s.interactions_topic, event["user_id"], event)])
             self._since_refresh += 1
+            self._since_index += 1
+            if self.pipeline.learning and self._since_index >= self.index_every:
+                self.pipeline.recommender.refresh_index()
+                self._since_index = 0
             if self._since_refresh >= self.refresh_every:
                 self.refresh()
         if result.rejected:
@@ -220,7 +232,12 @@ class FreshrecMethod:
         self._since_refresh = 0
 
     def stats(self) -> dict[str, Any]:
-        return {"counters": dict(self.pipeline.counters), "refresh_every_events": self.refresh_every}
+        out = {"counters": dict(self.pipeline.counters), "refresh_every_events": self.refresh_every}
+        if self.pipeline.learning:
+            rec = self.pipeline.recommender
+            out["click_model_weights"] = {k: round(v, 4) for k, v in rec.clicks.weights.items()}
+            out["learning_counters"] = dict(rec.counters)
+        return out
 
     def recommend_one(self, user_id: str, k: int, exclude: AbstractSet[str]) -> list[str]:
         # The pipeline already excludes the user's seen set; ask for more only when the
@@ -231,7 +248,13 @@ class FreshrecMethod:
         return recs[:k]
 
     def score_one(self, user_id: str, item_ids: Sequence[str]) -> list[float]:
-        """Click probability = the item's CTR with the pipeline's Beta prior (its click model today)."""
+        """Click probability: the learning model's click model, given each item's position on the
+        slate (a feature of the impression the ranker learns from; item-CTR ignores it), or for
+        ``model=covis`` the item's CTR with the pipeline's Beta prior."""
+        p = self.pipeline
+        if p.learning:
+            positions = [item_ids.index(i) for i in item_ids]  # first position of each shown item
+            return p.recommender.score_items(user_id, p.features.user(user_id), item_ids, positions).tolist()
         stats = self.pipeline.features.item_stats
         a, b = self.settings.ctr_prior_clicks, self.settings.ctr_prior_impressions
         return [pop.ctr(stats.get(item), a, b) for item in item_ids]

@@ -8,12 +8,23 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+import orjson
 import pytest
 import redis
 
 from freshrec.cli import start_worker_process, wait_caught_up
 from freshrec.settings import Settings
+from freshrec.state.publisher import RedisKeys
 from freshrec.streams.topics import ensure_topics
+
+
+DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+
+
+def read_recs(client: redis.Redis, settings: Settings, user: str) -> dict | None:
+    """The user's published list document, or None."""
+    raw = client.get(RedisKeys(settings.redis_prefix).recs(user))
+    return None if raw is None else orjson.loads(raw)
 
 
 class WorkerHandle:

@@ -186,3 +186,16 @@ def test_invalid_options_are_rejected():
         OnlineMF(negatives="nope")
     with pytest.raises(ValueError):
         OnlineMF(loss="hinge")
+
+
+def test_item_similarity_is_the_cosine_with_the_weighted_mean_of_the_anchor_items():
+    mf = OnlineMF(n_factors=4, seed=0)
+    for u in range(5):
+        for i in ("a", "b", "c"):
+            mf.learn_one(f"u{u}", i)
+    sims = mf.item_similarity(["a", "b", "unknown"], anchors=["a"], weights=[1.0])
+    va, vb = mf.item_vector("a"), mf.item_vector("b")
+    assert sims[0] == pytest.approx(1.0, abs=1e-5)
+    assert sims[1] == pytest.approx(float(va @ vb / (np.linalg.norm(va) * np.linalg.norm(vb))), abs=1e-5)
+    assert sims[2] == 0.0
+    assert not mf.item_similarity(["a"], anchors=["unknown"], weights=[1.0]).any()

@@ -31,15 +31,15 @@ def test_recent_item_neighbours_rank_first_seen_and_deleted_excluded():
     store, cat, trending, click = _setup()
     rec = CoVisitationRecommender(store.covis, cat, trending)
     click("new", "a", 5000)
-    items = [i for i, _ in rec.recommend_one(store.user("new"), 5)]
+    items = [i for i, _ in rec.recommend_one("new", store.user("new"), 5)]
     assert items[0] == "b" and "a" not in items and "pop" in items
     cat.apply({"type": "item_delete", "item_id": "b", "ts": 6000})
-    items = [i for i, _ in rec.recommend_one(store.user("new"), 5)]
+    items = [i for i, _ in rec.recommend_one("new", store.user("new"), 5)]
     assert "b" not in items
 
 
 def test_new_user_gets_trending():
     store, cat, trending, _ = _setup()
     rec = CoVisitationRecommender(store.covis, cat, trending)
-    assert rec.recommend_one(None, 1)[0][0] == "pop"
+    assert rec.recommend_one("nobody", None, 1)[0][0] == "pop"
     assert trending.global_list[0][0] == "pop"

@@ -1,0 +1,165 @@
+"""The learning recommender through the worker's Pipeline, without a broker."""
+
+import pickle
+
+import numpy as np
+import orjson
+import pytest
+
+from freshrec.settings import Settings
+from freshrec.state.clickmodel import FEATURES, ClickModel
+from freshrec.state.pipeline import Pipeline, Record
+
+T0 = 1_700_000_000_000
+INTER, CAT = "t.interactions", "t.catalogue"
+
+
+class Feed:
+    """Feeds events to a Pipeline as the worker does (increasing offsets per topic)."""
+
+    def __init__(self, **settings):
+        self.now = T0
+        self.p = Pipeline(Settings(**settings), clock=lambda: self.now)
+        self.offsets = {INTER: 0, CAT: 0}
+        self.n = 0
+
+    def send(self, etype, ts=None, **fields):
+        self.n += 1
+        event = {"type": etype, "event_id": f"e{self.n}", "ts": ts or self.now, **fields}
+        topic = CAT if etype in ("item_upsert", "item_delete") else INTER
+        record = Record(topic, 0, self.offsets[topic], orjson.dumps(event))
+        self.offsets[topic] += 1
+        if topic == CAT:
+            result = self.p.process_catalogue([record])
+        else:
+            result = self.p.process_interactions([record])
+        assert not result.rejected, result.rejected
+        self.now += 1000
+        return event
+
+    def refresh(self):
+        self.p.collect_updates(force=True)
+        self.p.recommender.refresh_index()
+
+    def recs(self, user, k=10):
+        return [i for i, _ in self.p.recommend(user, k)]
+
+
+def _community(feed, users=30, items=40, rounds=2):
+    """Users in two taste groups: even users click even items, odd users odd items."""
+    for r in range(rounds):
+        for u in range(users):
+            for j in range(3):
+                item = (u % 2) + 2 * ((u + r * 3 + j) % (items // 2))  # 3 x rounds of items // 2
+                feed.send("click", user_id=f"u{u}", item_id=f"i{item}")
+    feed.refresh()
+
+
+def test_click_model_numpy_scores_equal_rivers_and_learning_moves_them():
+    m = ClickModel(lr=0.1)
+    x = np.array([[0.5, 1.0, -3.0, 0.2, 0.1, 0.0, 0.3, 0.4, 0.0, 0.7, 0.9, 0.6]])
+    assert m.predict_proba_many(x)[0] == pytest.approx(m.predict_proba_one(x[0]))
+    before = m.predict_proba_one(x[0])
+    for _ in range(50):
+        m.learn_one(x[0], 1)
+    assert m.predict_proba_one(x[0]) > before
+    assert m.predict_proba_many(x)[0] == pytest.approx(m.predict_proba_one(x[0]))
+    assert len(FEATURES) == x.shape[1] and m.n_learned == 50 and m.n_positive == 50
+
+
+def test_learned_lists_follow_the_users_taste_and_exclude_seen_items():
+    feed = Feed(explore_share=0.0, diversity_max_share=1.0)
+    _community(feed)
+    for u in ("u0", "u1"):
+        recs = feed.recs(u, 4)
+        seen = feed.p.features.user(u)["seen"]
+        assert recs and not set(recs) & set(seen)
+        parity = int(u[1:]) % 2
+        assert sum(int(i[1:]) % 2 == parity for i in recs) >= 3, recs
+
+
+def test_a_new_item_is_served_before_its_first_click_and_a_deleted_one_never():
+    feed = Feed(explore_share=0.2)
+    _community(feed)
+    feed.send("item_upsert", item_id="new", category="c", tags=["t"], text="brand new thing")
+    feed.refresh()
+    with_new = [u for u in range(30) if "new" in feed.recs(f"u{u}")]
+    assert len(with_new) == 30  # the only fresh item: every list explores it
+    assert feed.p.features.item_stats.get("new") is None  # no interaction names it yet
+    feed.send("item_delete", item_id="new")
+    feed.send("item_delete", item_id="i0")
+    feed.refresh()
+    assert not any({"new", "i0"} & set(feed.recs(f"u{u}")) for u in range(30))
+
+
+def test_at_most_the_configured_share_of_a_list_comes_from_one_category():
+    feed = Feed(explore_share=0.0, diversity_max_share=0.3)
+    for i in range(40):  # half the catalogue in one category, the rest spread over ten
+        feed.send("item_upsert", ts=T0 - 10 * 86_400_000, item_id=f"i{i}",
+                  category="big" if i % 2 == 0 else f"c{i % 10}")
+    _community(feed)
+    uncapped = Feed(explore_share=0.0, diversity_max_share=1.0)
+    for i in range(40):
+        uncapped.send("item_upsert", ts=T0 - 10 * 86_400_000, item_id=f"i{i}",
+                      category="big" if i % 2 == 0 else f"c{i % 10}")
+    _community(uncapped)
+    cats = [feed.p.catalogue.category(i) for i in feed.recs("u0", 10)]
+    free = [uncapped.p.catalogue.category(i) for i in uncapped.recs("u0", 10)]
+    assert free.count("big") > 3  # u0 likes even items: all "big"
+    assert len(cats) == 10 and cats.count("big") == 3, cats
+
+
+def test_impressions_teach_the_click_model_once_their_click_window_has_passed():
+    feed = Feed(click_window_s=60.0)
+    _community(feed)
+    clicks = feed.p.recommender.clicks
+    learned0, pos0 = clicks.n_learned, clicks.n_positive
+    feed.send("impression", user_id="u0", request_id="r1", item_ids=["i2", "i4", "i1"])
+    feed.send("click", user_id="u0", item_id="i4", request_id="r1", position=1)
+    feed.refresh()
+    assert clicks.n_learned == learned0  # still inside the window: a late click may come
+    feed.now += 120_000
+    feed.send("dismiss", user_id="u5", item_id="i3")  # moves stream time past the window
+    feed.refresh()
+    assert clicks.n_learned == learned0 + 3 and clicks.n_positive == pos0 + 1
+
+
+def test_unknown_users_and_items_never_crash_and_get_a_list():
+    feed = Feed()
+    _community(feed)
+    assert feed.recs("nobody-knows-me")
+    probs = feed.p.recommender.score_items("stranger", None, ["never-seen", "i0"])
+    assert probs.shape == (2,) and np.all((probs > 0) & (probs < 1))
+    feed.send("impression", user_id="stranger", request_id="r9", item_ids=["never-seen"])
+    feed.send("user_delete", user_id="u0")
+    feed.refresh()
+    assert not feed.p.recommender.mf.knows_user("u0")
+    assert "u0" not in feed.p.recommender.published
+
+
+def test_a_dismissal_lowers_the_items_score_for_that_user():
+    feed = Feed()
+    _community(feed)
+    mf = feed.p.recommender.mf
+    before = mf.predict_one("u0", "i2")
+    feed.send("dismiss", user_id="u0", item_id="i2")
+    assert mf.predict_one("u0", "i2") < before
+
+
+def test_state_round_trip_gives_the_same_lists(tmp_path):
+    feed = Feed(explore_share=0.0)
+    _community(feed)
+    path = tmp_path / "index.bin"
+    feed.p.recommender.index.save(path)
+    state = pickle.loads(pickle.dumps(feed.p.to_state()))
+    from freshrec.state.ann import ItemIndex
+
+    restored = Pipeline(feed.p.settings, clock=lambda: feed.now)
+    restored.load_state(state, ItemIndex.load(path))
+    for u in ("u0", "u1", "u7", "newcomer"):
+        assert restored.recommend(u, 10) == feed.p.recommend(u, 10)
+    rebuilt = Pipeline(feed.p.settings, clock=lambda: feed.now)
+    rebuilt.load_state(state, None)  # no saved graph: rebuilt from the vectors
+    assert [i for i, _ in rebuilt.recommend("u0", 10)] == [i for i, _ in feed.p.recommend("u0", 10)]
+    with pytest.raises(ValueError, match="model"):
+        Pipeline(feed.p.settings.replace(model="covis")).load_state(state)
