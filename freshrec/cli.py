@@ -19,8 +19,9 @@ from freshrec.settings import Settings, load_settings, state_dir
 def main() -> None:
     """freshrec: a streaming real-time recommender.
 
-    Interaction and catalogue events go into Kafka, a Faust worker keeps online features and
-    publishes fresh ranked lists to Redis, where frontends read them with one GET.
+    Interaction and catalogue events go into Kafka, a worker learns from them event by event
+    (online features, online MF, HNSW indices, a River click model) and publishes fresh ranked
+    lists to Redis, where frontends read them with one GET.
 
     \b
     Typical local session:
@@ -38,16 +39,35 @@ def main() -> None:
 @main.command()
 @click.option("--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def worker(loglevel: str) -> None:
-    """Run the stream worker (Faust) with settings from the environment.
+@click.option("--engine", type=click.Choice(["stream", "faust"]), default=None,
+              help="stream (default, FRESHREC_ENGINE): confluent-kafka loop, learning models, "
+                   "checkpoints of the whole state with their offsets. faust: Faust agents with "
+                   "changelog-backed feature tables, counting baseline (model covis) only.")
+def worker(loglevel: str, engine: str | None) -> None:
+    """Run the stream worker with settings from the environment.
 
-    Creates the topics when missing, recovers its tables from their changelog topics, then
-    consumes interactions and catalogue events and publishes lists to Redis until stopped.
+    Creates the topics when missing, recovers its state (stream engine: the newest checkpoint,
+    then only the tail of the topics; faust engine: tables from their changelogs), then consumes
+    interactions and catalogue events, learns, and publishes lists to Redis until stopped
+    (SIGTERM/SIGINT: the stream engine writes a last checkpoint). The recovery time is printed.
     """
+    settings = load_settings()
+    engine = engine or settings.engine
+    if engine == "stream":
+        from freshrec.agents.stream_worker import run_stream_worker
+
+        run_stream_worker(settings, loglevel=loglevel)
+        return
+    if engine != "faust":
+        raise click.BadParameter(f"FRESHREC_ENGINE={engine!r}: expected stream or faust")
     from freshrec.agents.app import run_worker
 
+    if settings.model != "covis":
+        click.echo(f"faust engine: model {settings.model!r} is not persisted by this engine; "
+                   "running the counting baseline (model covis)", err=True)
+        settings = settings.replace(model="covis")
     sys.argv = [sys.argv[0], "worker"]  # Faust's worker parses argv; keep ours out of it
-    run_worker(load_settings(), loglevel=loglevel)
+    run_worker(settings, loglevel=loglevel)
 
 
 def read_recs(settings: Settings, user_id: str) -> dict | None:
@@ -205,10 +225,12 @@ def _register_commands() -> None:
     """Commands defined next to the code they drive."""
     from freshrec.bench import bench
     from freshrec.evaluation.cli import eval_command
+    from freshrec.evaluation.live import eval_live_command
+    from freshrec.status import status_command
     from freshrec.localinfra.cli import dev
     from freshrec.streams.cli import produce, replay
 
-    for command in (dev, produce, replay, bench, eval_command):
+    for command in (dev, produce, replay, bench, eval_command, eval_live_command, status_command):
         main.add_command(command)
 
 

@@ -1,0 +1,121 @@
+"""``freshrec status``: consumer lag from the broker, and what the worker last reported, in one view.
+
+Lag per partition is read from the broker (committed offsets of the group against high
+watermarks), so it is there when no worker runs; the worker's own figures (throughput,
+freshness, dead letters by reason, model) come from the stats document it writes to Redis every
+few seconds, with its age, so a stopped worker shows as stale rather than as healthy.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+import orjson
+
+from freshrec.settings import Settings, load_settings
+
+STALE_AFTER_S = 30.0
+
+
+def gather(settings: Settings, timeout_s: float = 10.0) -> dict[str, Any]:
+    """Everything ``status`` shows, as plain data (what ``--json`` prints)."""
+    import redis
+    from confluent_kafka import Consumer, TopicPartition
+
+    from freshrec.state.publisher import RedisKeys
+    from freshrec.streams.lag import consumer_lag
+
+    out: dict[str, Any] = {"app_id": settings.app_id, "kafka": settings.kafka_brokers, "errors": []}
+    partitions = []
+    for topic in (settings.interactions_topic, settings.catalogue_topic):
+        try:
+            partitions += [{"topic": p.topic, "partition": p.partition, "committed": p.committed,
+                            "end": p.end, "lag": p.lag} for p in consumer_lag(settings.kafka_brokers, settings.app_id,
+                                                                            topic, timeout_s)]
+        except Exception as exc:  # noqa: BLE001 - shown, not raised: the rest may still answer
+            out["errors"].append(f"kafka {topic}: {exc}")
+    out["partitions"] = partitions
+    out["total_lag"] = sum(p["lag"] for p in partitions)
+    try:  # dead-letter topic size, from the broker
+        c = Consumer({"bootstrap.servers": settings.kafka_brokers, "group.id": f"{settings.app_id}-status"})
+        try:
+            meta = c.list_topics(settings.deadletter_topic, timeout=timeout_s).topics.get(settings.deadletter_topic)
+            if meta is not None and meta.error is None:
+                out["deadletter_topic_events"] = sum(
+                    hi - lo for lo, hi in (c.get_watermark_offsets(TopicPartition(settings.deadletter_topic, p),
+                                                                   timeout=timeout_s) for p in meta.partitions))
+        finally:
+            c.close()
+    except Exception as exc:  # noqa: BLE001
+        out["errors"].append(f"kafka {settings.deadletter_topic}: {exc}")
+    worker = None
+    try:
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout_s)
+        raw = client.get(RedisKeys(settings.redis_prefix).worker_stats(settings.app_id))
+        worker = orjson.loads(raw) if raw else None
+    except Exception as exc:  # noqa: BLE001
+        out["errors"].append(f"redis: {exc}")
+    if worker is not None:
+        age = time.time() - worker["ts"] / 1000.0 if worker.get("ts") else None
+        counters = worker.get("counters", {})
+        out["worker"] = {
+            "engine": worker.get("engine"), "model": worker.get("model"),
+            "stats_age_s": round(age, 1) if age is not None else None,
+            "stale": age is None or age > STALE_AFTER_S,
+            "events_per_s": worker.get("events_per_s"), "freshness_ms": worker.get("freshness_ms"),
+            "events": {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("events:")},
+            "deadletter": {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("deadletter:")},
+            "duplicates": counters.get("duplicates", 0), "redis_errors": worker.get("redis_errors", 0),
+            "checkpoint_version": worker.get("checkpoint_version"),
+            "users": worker.get("users"), "items": worker.get("items"),
+        }
+    else:
+        out["worker"] = None
+    return out
+
+
+def render(status: dict[str, Any]) -> str:
+    """The readable table of :func:`gather`'s result."""
+    lines = [f"freshrec status: group {status['app_id']} on {status['kafka']}", ""]
+    lines.append(f"{'topic':<40} {'partition':>9} {'committed':>10} {'end':>10} {'lag':>8}")
+    for p in status["partitions"]:
+        committed = p["committed"] if p["committed"] >= 0 else "-"
+        lines.append(f"{p['topic']:<40} {p['partition']:>9} {committed!s:>10} {p['end']:>10} {p['lag']:>8}")
+    lines.append(f"{'total lag':<40} {'':>9} {'':>10} {'':>10} {status['total_lag']:>8}")
+    if "deadletter_topic_events" in status:
+        lines.append(f"dead-letter topic: {status['deadletter_topic_events']} events")
+    lines.append("")
+    w = status["worker"]
+    if w is None:
+        lines.append("worker: no stats in Redis (never ran under this FRESHREC_APP_ID / FRESHREC_REDIS_PREFIX?)")
+    else:
+        state = "STALE (not running?)" if w["stale"] else "running"
+        lines.append(f"worker: {state}, engine {w['engine']}, stats {w['stats_age_s']}s old, "
+                     f"checkpoint v{w['checkpoint_version']}")
+        f = w.get("freshness_ms") or {}
+        lines.append(f"  throughput {w['events_per_s']} events/s; freshness p50 {f.get('p50')} ms, "
+                     f"p99 {f.get('p99')} ms over the last {f.get('n')} lists")
+        lines.append(f"  users {w['users']}, items {w['items']}, duplicates skipped {w['duplicates']}, "
+                     f"redis errors {w['redis_errors']}")
+        lines.append("  events: " + (", ".join(f"{k} {v}" for k, v in sorted(w["events"].items())) or "none"))
+        lines.append("  dead-lettered: " + (", ".join(f"{k} {v}" for k, v in sorted(w["deadletter"].items()))
+                                             or "none"))
+        lines.append("")
+        lines.append(f"{'arm':<12} {'model':<20} {'share':>6}")
+        lines.append(f"{'champion':<12} {w['model']!s:<20} {'100%':>6}")
+    for e in status["errors"]:
+        lines.append(f"error: {e}")
+    return "\n".join(lines)
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON (for scripts).")
+def status_command(as_json: bool) -> None:
+    """Consumer-group lag per partition (from the broker, also when no worker runs), throughput,
+    freshness p50/p99, dead letters and the served model of the worker named by FRESHREC_APP_ID."""
+    st = gather(load_settings())
+    click.echo(orjson.dumps(st, option=orjson.OPT_INDENT_2).decode() if as_json else render(st))
+    if st["errors"] and not st["partitions"] and st["worker"] is None:
+        raise SystemExit(1)

@@ -1,0 +1,50 @@
+"""WorkerMetrics without a broker: what /metrics renders, readiness, and the dashboard's names."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from freshrec.agents.observability import WorkerMetrics
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _metrics() -> WorkerMetrics:
+    m = WorkerMetrics("stream", "app")
+    m.update({"counters": {"events:click": 5, "deadletter:not_json": 2, "recomputes": 3},
+              "lag": {"t.interactions": {"0": 7}}, "users": 4, "items": 9, "index_items": 8,
+              "content_items": 9, "pending_users": 0, "checkpoint_version": 2, "events_per_s": 1.5,
+              "stream_time_ms": 1, "model": "learning-v1", "redis_errors": 1})
+    m.freshness.observe(0.2)
+    m.publish_latency.observe(0.001)
+    return m
+
+
+def test_rendered_metrics_carry_the_snapshot():
+    text = _metrics().render().decode()
+    assert 'freshrec_events_total{app_id="app",engine="stream",type="click"} 5.0' in text
+    assert 'freshrec_deadletter_total{app_id="app",engine="stream",reason="not_json"} 2.0' in text
+    assert 'freshrec_consumer_lag{app_id="app",engine="stream",partition="0",topic="t.interactions"} 7.0' in text
+    assert 'freshrec_freshness_seconds_count 1.0' in text
+    assert 'freshrec_redis_errors_total{app_id="app",engine="stream"} 1.0' in text
+
+
+def test_ready_only_when_recovered_and_both_services_answer():
+    m = _metrics()
+    assert m.health()[0] and not m.readiness()[0]
+    m.recovered, m.kafka_ok = True, True
+    ok, parts = m.readiness()
+    assert not ok and parts["redis"] is False
+    m.redis_ok = True
+    assert m.readiness()[0]
+
+
+def test_every_metric_the_dashboard_queries_is_exported():
+    text = _metrics().render().decode()
+    exported = set(re.findall(r"^(freshrec_[a-z_]+)", text, flags=re.M))
+    dash = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "freshrec.json").read_text())
+    queried = {name for p in dash["panels"] for t in p["targets"]
+               for name in re.findall(r"freshrec_[a-z_]+", t["expr"])}
+    assert queried and queried <= exported, queried - exported
