@@ -315,18 +315,25 @@ class OnlineMF:
         """Score of ``item_id`` for ``user_id`` (higher is better; not a probability)."""
         return float(self.user_vector(user_id) @ self.item_vector(item_id) + self.item_bias(item_id))
 
+    def rows_of(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Row of each item in the factor matrix (-1: unknown), to look items up once per list."""
+        get = self._item_row.get
+        return np.fromiter((get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+
     def score_items(self, user_id: str, item_ids: Iterable[str] | None = None) -> np.ndarray:
         """Scores of ``item_ids`` for the user (float32), or of all known items in row order
         (aligned with :attr:`item_ids`) when ``item_ids`` is None. One matrix-vector product.
         """
-        p = self.user_vector(user_id)
-        n = self.n_items
         if item_ids is None:
-            return self._V[:n] @ p + self._b[:n]
-        ids = list(item_ids)
-        rows = np.fromiter((self._item_row.get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+            n = self.n_items
+            return self._V[:n] @ self.user_vector(user_id) + self._b[:n]
+        return self.score_rows(user_id, self.rows_of(list(item_ids)))
+
+    def score_rows(self, user_id: str, rows: np.ndarray) -> np.ndarray:
+        """:meth:`score_items` for rows from :meth:`rows_of`."""
+        p = self.user_vector(user_id)
         known = rows >= 0
-        out = np.full(len(ids), 0.0 if known.all() else self._mean_bias(), dtype=np.float32)
+        out = np.full(len(rows), 0.0 if known.all() else self._mean_bias(), dtype=np.float32)
         if known.any():
             r = rows[known]
             out[known] = self._V[r] @ p + self._b[r]
@@ -342,16 +349,17 @@ class OnlineMF:
         return (np.asarray([w for _, w in a], dtype=np.float32) @ self._V[[r for r, _ in a]]) / sum(w for _, w in a)
 
     def item_similarity(self, item_ids: Sequence[str], anchors: Sequence[str],
-                        weights: Sequence[float]) -> np.ndarray:
+                        weights: Sequence[float], rows: np.ndarray | None = None) -> np.ndarray:
         """Cosine of each item's vector with the weighted mean vector of ``anchors`` (e.g. the
-        user's recent items): item-to-item similarity in the MF space, 0 where unknown."""
+        user's recent items): item-to-item similarity in the MF space, 0 where unknown.
+        ``rows``: the items' :meth:`rows_of`, when the caller has them already."""
         out = np.zeros(len(item_ids), dtype=np.float32)
         q = self.mean_item_vector(anchors, weights)
         qn = 0.0 if q is None else float(np.linalg.norm(q))
         if qn == 0.0 or not len(item_ids):
             return out
-        get = self._item_row.get
-        rows = np.fromiter((get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        if rows is None:
+            rows = self.rows_of(item_ids)
         known = rows >= 0
         if known.any():
             V = self._V[rows[known]]

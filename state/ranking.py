@@ -344,7 +344,8 @@ class LearningRecommender:
         if n == 0:
             return X
         now = self.features.stream_time_ms
-        X[:, COL["mf"]] = self.mf.score_items(ctx.user_id, items)
+        mf_rows = self.mf.rows_of(items)
+        X[:, COL["mf"]] = self.mf.score_rows(ctx.user_id, mf_rows)
         covis_get, cats_get = ctx.covis.get, ctx.categories.get
         cache_get, item_features = self._item_cache.get, self._item_features
         rows = []
@@ -356,7 +357,7 @@ class LearningRecommender:
         X[:, COL["content"]] = self.content.similarity(ctx.profile, items)
         if ctx.recent:
             X[:, COL["mf_recent"]] = self.mf.item_similarity(
-                items, ctx.recent, [1.0 / (1 + r) for r in range(len(ctx.recent))])
+                items, ctx.recent, [1.0 / (1 + r) for r in range(len(ctx.recent))], mf_rows)
         if positions is not None:
             X[:, COL["position"]] = np.log1p(np.asarray(positions, dtype=np.float64))
         ref_mf, ref_cv = reference if reference is not None else self.reference(X)
