@@ -112,6 +112,17 @@ def start_worker_process(settings: Settings, log_path: Path,
                             stdout=log_path.open("ab"), stderr=subprocess.STDOUT)
 
 
+def stop_process(proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """SIGTERM ``proc`` if it still runs, then SIGKILL it when it outlives ``timeout_s``."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def wait_caught_up(settings: Settings, timeout_s: float = 600.0, quiet: bool = False,
                    proc: subprocess.Popen | None = None) -> float:
     """Block until the worker's consumer group has no lag; returns the seconds waited."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,7 +32,6 @@ import orjson
 from freshrec.settings import Settings, load_settings
 from freshrec.streams.schema import CATALOGUE_TYPES
 
-POSITIVES = frozenset({"click", "conversion", "rating"})  # as in freshrec.evaluation.methods
 RECOVERY_RE = re.compile(r"recovery (\d+\.\d+)s \(checkpoint v(\d+)\)")
 
 
@@ -91,7 +89,8 @@ def run_live(settings: Settings, events: Iterable[dict], *, rate: float, k: int 
     """
     import redis
 
-    from freshrec.cli import start_worker_process, wait_caught_up
+    from freshrec.cli import start_worker_process, stop_process, wait_caught_up
+    from freshrec.evaluation.methods import POSITIVES
     from freshrec.state.publisher import RedisKeys
     from freshrec.streams.producer import EventProducer
     from freshrec.streams.topics import ensure_topics
@@ -176,12 +175,7 @@ def run_live(settings: Settings, events: Iterable[dict], *, rate: float, k: int 
             time.sleep(1)
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_process(proc)
     for seconds, version in RECOVERY_RE.findall(log_path.read_text(errors="replace")):
         res.recoveries.append({"seconds": float(seconds), "checkpoint": int(version)})
     return res

@@ -12,7 +12,7 @@ import orjson
 import pytest
 import redis
 
-from freshrec.cli import start_worker_process, wait_caught_up
+from freshrec.cli import start_worker_process, stop_process, wait_caught_up
 from freshrec.settings import Settings
 from freshrec.state.publisher import RedisKeys
 from freshrec.streams.topics import ensure_topics
@@ -51,13 +51,7 @@ class WorkerHandle:
 
     def stop(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc, timeout_s=30)
 
     def tail(self, n: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:]) if self.log.exists() else ""
