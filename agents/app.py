@@ -19,6 +19,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from freshrec.agents.changelog import ChangelogWriter, flush_rows_before_commits
+from freshrec.agents.observability import WorkerMetrics
 from freshrec.agents.publishing import PublishLog
 from freshrec.settings import Settings, state_dir
 from freshrec.state.pipeline import Pipeline, Record
@@ -40,6 +41,7 @@ class WorkerRuntime:
         self.flush_lock = asyncio.Lock()
         self.needs_rebuild = True
         self.log = PublishLog(pipeline)
+        self.metrics: WorkerMetrics | None = None
 
     async def flush(self, force: bool = False) -> None:
         """Recompute what is due and write it to Redis in one pipeline."""
@@ -51,8 +53,14 @@ class WorkerRuntime:
                 await publish(self.redis, updates, self.settings.recs_ttl_s)
             except Exception as exc:  # noqa: BLE001 - Redis down: keep consuming
                 self.log.failed(updates, exc)
+                if self.metrics is not None:
+                    self.metrics.redis_ok = False
                 return
             self.log.published(updates)
+            if self.metrics is not None:
+                self.metrics.redis_ok = True
+                for ms in updates.freshness_ms:
+                    self.metrics.freshness.observe(ms / 1000.0)
 
     def stats(self) -> dict:
         return self.log.stats(engine="faust")
@@ -101,12 +109,14 @@ def create_app(settings: Settings) -> faust.App:
                                                          "catalogue": catalogue_rows})
     flush_rows_before_commits(app, changelog)
     runtime_box: dict[str, WorkerRuntime] = {}
+    metrics = WorkerMetrics("faust", settings.app_id)  # served by Faust's own web server
 
     def runtime() -> WorkerRuntime:
         rt = runtime_box.get("rt")
         if rt is None:
             pipeline = Pipeline(settings, users.data, items.data, covis.data, catalogue_rows.data)
             rt = runtime_box["rt"] = WorkerRuntime(settings, pipeline, aioredis.from_url(settings.redis_url))
+            rt.metrics = metrics
         if rt.needs_rebuild and app.tables.recovery.completed.is_set():
             rt.pipeline.rebuild()
             rt.needs_rebuild = False
@@ -156,6 +166,29 @@ def create_app(settings: Settings) -> faust.App:
         rt = runtime()
         if not rt.needs_rebuild and rt.pipeline.due():
             await rt.flush()
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        return web.bytes(metrics.render(), content_type="text/plain")  # aiohttp refuses a charset here
+
+    @app.page("/ready")
+    async def ready_page(web: Any, request: Any) -> Any:
+        ok, info = metrics.readiness()
+        return web.json({"ok": ok, **info}, status=200 if ok else 503)
+
+    @app.timer(interval=1.0)
+    async def update_metrics() -> None:
+        metrics.recovered = app.tables.recovery.completed.is_set()
+        metrics.kafka_ok = metrics.recovered  # the consumer is assigned and recovered only with a broker
+        if "rt" not in runtime_box:
+            metrics.beat()
+            return
+        rt = runtime_box["rt"]
+        p = rt.pipeline
+        metrics.update({"counters": dict(p.counters), "redis_errors": rt.log.redis_errors,
+                        "users": len(p.features.users), "items": len(p.features.item_stats),
+                        "pending_users": len(p.pending_users), "stream_time_ms": p.features.stream_time_ms,
+                        "model": p.model_name, "rollout": p.rollout.snapshot()})
 
     @app.timer(interval=5.0)
     async def report() -> None:

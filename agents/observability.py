@@ -23,7 +23,10 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from freshrec.streams.schema import REASONS
+
 log = logging.getLogger("freshrec.worker")
+DEADLETTER_REASONS = (*REASONS, "wrong_topic")
 
 HEALTH_STALE_S = 30.0
 FRESHNESS_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
@@ -88,12 +91,15 @@ class WorkerMetrics:
         base = [self.engine, self.app_id]
         events = CounterMetricFamily("freshrec_events", "Events applied, by type", labels=labels + ["type"])
         dlq = CounterMetricFamily("freshrec_deadletter", "Events dead-lettered, by reason", labels=labels + ["reason"])
+        dead = dict.fromkeys(DEADLETTER_REASONS, 0)  # every reason from the start: 0 is a value too
         for name, n in counters.items():
             kind, _, what = name.partition(":")
             if kind == "events" and what:
                 events.add_metric(base + [what], n)
             elif kind == "deadletter" and what:
-                dlq.add_metric(base + [what], n)
+                dead[what] = n
+        for reason, n in dead.items():
+            dlq.add_metric(base + [reason], n)
         yield events
         yield dlq
         for key, (metric, text) in PLAIN_COUNTERS.items():
@@ -130,6 +136,51 @@ class WorkerMetrics:
         model = GaugeMetricFamily("freshrec_model_info", "The model this worker serves", labels=labels + ["model"])
         model.add_metric(base + [str(s.get("model", ""))], 1.0)
         yield model
+        yield from self._rollout_metrics(s.get("rollout"), labels, base)
+        yield from self._drift_metrics(s.get("drift"), labels, base)
+
+    @staticmethod
+    def _rollout_metrics(r: dict[str, Any] | None, labels: list[str], base: list[str]) -> Iterator[Metric]:
+        """Per-arm online metrics (see freshrec.state.rollout), labelled by arm and model."""
+        if not r:
+            return
+        g = GaugeMetricFamily("freshrec_rollout_revision", "Rollout config revision applied", labels=labels)
+        g.add_metric(base, float(r["revision"]))
+        yield g
+        arm_labels = labels + ["arm", "model"]
+        for key, kind, metric, text in (
+            ("lists", "counter", "freshrec_arm_lists", "Lists computed by the arm (shadow: not served)"),
+            ("errors", "counter", "freshrec_arm_errors", "List computations of the arm that raised"),
+            ("impressions", "counter", "freshrec_arm_impressions", "Shown items of the arm's lists (by request_id)"),
+            ("clicks", "counter", "freshrec_arm_clicks", "Clicks on the arm's lists (by request_id)"),
+            ("ctr", "gauge", "freshrec_arm_ctr", "Clicks per shown item of the arm's lists"),
+            ("hitrate", "gauge", "freshrec_arm_hitrate_at_10",
+             "Share of the users' next positive interactions found in the arm's last top 10"),
+            ("share", "gauge", "freshrec_arm_share", "Share of users assigned to the arm"),
+            ("logloss", "gauge", "freshrec_arm_click_logloss",
+             "Logloss of the arm's click model on impressions, predicted before learning them (last 20k)"),
+            ("auc", "gauge", "freshrec_arm_click_auc",
+             "ROC AUC of the arm's click model on impressions, predicted before learning them (last 20k)"),
+        ):
+            fam = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(metric, text, labels=arm_labels)
+            for arm, d in r["arms"].items():
+                if d.get(key) is not None:
+                    fam.add_metric(base + [arm, str(d["model"])], float(d[key]))
+            yield fam
+
+    @staticmethod
+    def _drift_metrics(d: dict[str, Any] | None, labels: list[str], base: list[str]) -> Iterator[Metric]:
+        """Population stability of the click model's inputs and predictions (freshrec.state.drift)."""
+        if not d:
+            return
+        g = GaugeMetricFamily("freshrec_drift_psi", "PSI of the last window against the reference window",
+                              labels=labels + ["feature"])
+        for feature, psi in (d.get("psi") or {}).items():
+            g.add_metric(base + [feature], float(psi))
+        yield g
+        w = GaugeMetricFamily("freshrec_drift_windows", "Drift windows closed", labels=labels)
+        w.add_metric(base, float(d.get("windows", 0)))
+        yield w
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -150,19 +150,26 @@ def wait_caught_up(settings: Settings, timeout_s: float = 600.0, quiet: bool = F
 
 
 @main.command()
-@click.option("--dataset", default="synthetic", show_default=True,
-              help="What to replay: synthetic[:users=..,items=..,events=..], movielens:PATH, mind:PATH.")
+@click.option("--dataset", default="synthetic:realtime=1", show_default=True,
+              help="What to replay: synthetic[:users=..,items=..,events=..,realtime=1], movielens:PATH, "
+                   "mind:PATH. realtime=1 stamps events with the wall clock, so freshness is meaningful.")
 @click.option("--rate", type=float, default=None, help="Replay rate in events/s (default: as fast as possible).")
 @click.option("--limit", type=int, default=None, help="Replay at most this many events.")
 @click.option("--show", "show_users", default=3, show_default=True, help="How many users' lists to print.")
 @click.option("--keep-running/--stop-worker", default=False, show_default=True,
               help="Leave the worker running after the replay.")
-def demo(dataset: str, rate: float | None, limit: int | None, show_users: int, keep_running: bool) -> None:
+@click.option("--closed-loop", "closed_loop", default=2000, show_default=True,
+              help="Synthetic data sets: then simulate this many user sessions that read their lists "
+                   "from Redis and click on them (per-arm CTR in `freshrec status`); 0: skip.")
+def demo(dataset: str, rate: float | None, limit: int | None, show_users: int, keep_running: bool,
+         closed_loop: int) -> None:
     """The whole pipeline locally: services up, worker, replay with progress, lists from Redis.
 
     Starts Kafka and Redis (`freshrec dev up`), creates fresh topics for this run, starts a
     worker, replays DATASET into Kafka, waits until the worker has consumed everything and
-    prints a few users' recommendation lists read back from Redis.
+    prints a few users' recommendation lists read back from Redis. With a synthetic data set,
+    simulated users then read and click their lists for a while (closed loop), and the
+    operator's view (`freshrec status`) is printed.
     """
     from freshrec.localinfra.stack import DevStack
     from freshrec.streams.datasets import load_dataset
@@ -196,14 +203,29 @@ def demo(dataset: str, rate: float | None, limit: int | None, show_users: int, k
                         del active[next(iter(active))]
                 yield event
 
+        events = load_dataset(dataset)
         with EventProducer(settings) as producer:
-            summary = run_replay(tap(load_dataset(dataset)), producer, rate=rate, progress=True, limit=limit)
+            summary = run_replay(tap(events), producer, rate=rate, progress=True, limit=limit)
         click.echo(summary.format(), err=True)
         click.echo("4/4 waiting for the worker to catch up ...", err=True)
         waited = wait_caught_up(settings, proc=proc)
         time.sleep((settings.recompute_interval_ms + settings.trending_interval_ms) / 1000.0 + 0.5)
         click.echo(f"worker caught up {waited:.1f}s after the replay ended\n", err=True)
         _print_lists(settings, list(active)[-show_users:], labels)
+        world = getattr(events, "world", None)
+        if closed_loop > 0 and world is not None:
+            from freshrec.status import gather, render
+            from freshrec.streams.closedloop import ClosedLoopUsers, run_closed_loop
+
+            click.echo(f"\nclosed loop: {closed_loop:,} simulated sessions read their lists and click ...", err=True)
+            loop = run_closed_loop(settings, ClosedLoopUsers(world, seed=settings.seed), closed_loop, rate=400,
+                                   catalogue=False)
+            for arm, v in sorted(loop["arms"].items()):
+                click.echo(f"  {arm}: {v['sessions']:,} sessions, {v['shown']:,} shown, {v['clicks']:,} clicks, "
+                           f"CTR {v['ctr']}", err=True)
+            wait_caught_up(settings, proc=proc, quiet=True)
+            time.sleep(6)  # the worker's next stats document
+            click.echo("\n" + render(gather(settings)))
     finally:
         if not keep_running:
             proc.terminate()
@@ -237,11 +259,13 @@ def _register_commands() -> None:
     from freshrec.bench import bench
     from freshrec.evaluation.cli import eval_command
     from freshrec.evaluation.live import eval_live_command
+    from freshrec.rollout_cli import model_group, rollout_group
     from freshrec.status import status_command
     from freshrec.localinfra.cli import dev
-    from freshrec.streams.cli import produce, replay
+    from freshrec.streams.cli import produce, replay, simulate
 
-    for command in (dev, produce, replay, bench, eval_command, eval_live_command, status_command):
+    for command in (dev, produce, replay, simulate, bench, eval_command, eval_live_command, status_command,
+                    model_group, rollout_group):
         main.add_command(command)
 
 

@@ -70,10 +70,22 @@ def gather(settings: Settings, timeout_s: float = 10.0) -> dict[str, Any]:
             "duplicates": counters.get("duplicates", 0), "redis_errors": worker.get("redis_errors", 0),
             "checkpoint_version": worker.get("checkpoint_version"),
             "users": worker.get("users"), "items": worker.get("items"),
+            "rollout": worker.get("rollout"), "drift": worker.get("drift"),
         }
     else:
         out["worker"] = None
+    try:  # the configured rollout (what workers converge to), also when no worker runs
+        from freshrec.state.rollout_store import RolloutStore
+
+        out["rollout"] = RolloutStore.connect(settings, timeout_s).load(settings).to_dict()
+    except Exception as exc:  # noqa: BLE001
+        out["errors"].append(f"rollout config: {exc}")
+        out["rollout"] = None
     return out
+
+
+def _fmt(v: Any, pattern: str = "{:.4f}") -> str:
+    return "-" if v is None else pattern.format(v)
 
 
 def render(status: dict[str, Any]) -> str:
@@ -103,8 +115,31 @@ def render(status: dict[str, Any]) -> str:
         lines.append("  dead-lettered: " + (", ".join(f"{k} {v}" for k, v in sorted(w["deadletter"].items()))
                                              or "none"))
         lines.append("")
-        lines.append(f"{'arm':<12} {'model':<20} {'share':>6}")
-        lines.append(f"{'champion':<12} {w['model']!s:<20} {'100%':>6}")
+        r = w.get("rollout") or {"arms": {"champion": {"model": w["model"], "share": 1.0, "mode": "serve"}},
+                                  "revision": 0, "status": "stable", "reason": ""}
+        lines.append(f"rollout revision {r['revision']} ({r['status']}{': ' + r['reason'] if r.get('reason') else ''})")
+        lines.append(f"{'arm':<11} {'model':<22} {'mode':<7} {'share':>6} {'lists':>8} {'errors':>6} "
+                     f"{'shown':>8} {'clicks':>7} {'CTR':>7} {'HR@10':>7} {'AUC':>6} {'fresh p99':>10}")
+        for arm, a in r["arms"].items():
+            lines.append(f"{arm:<11} {a['model']!s:<22} {a.get('mode') or '-':<7} {_fmt(a.get('share'), '{:.0%}'):>6} "
+                         f"{_fmt(a.get('lists'), '{}'):>8} {_fmt(a.get('errors'), '{}'):>6} "
+                         f"{_fmt(a.get('impressions'), '{}'):>8} {_fmt(a.get('clicks'), '{}'):>7} "
+                         f"{_fmt(a.get('ctr')):>7} {_fmt(a.get('hitrate')):>7} {_fmt(a.get('auc'), '{:.3f}'):>6} "
+                         f"{_fmt(a.get('freshness_p99_ms'), '{} ms'):>10}")
+        d = w.get("drift") or {}
+        if d.get("psi"):
+            top = sorted(d["psi"].items(), key=lambda kv: -kv[1])[:4]
+            lines.append(f"drift (PSI, window of {d.get('window_rows')} served rows vs the previous, "
+                         f"{d.get('windows')} windows): " + ", ".join(f"{k} {v:.3f}" for k, v in top)
+                         + ("  <- shifted" if top and top[0][1] > 0.25 else ""))
+        else:
+            lines.append("drift: no full window yet")
+    cfg = status.get("rollout")
+    if cfg is not None:
+        ch = cfg.get("challenger")
+        lines.append(f"configured: champion {cfg['champion']['name']}-v{cfg['champion']['version']}"
+                     + (f", challenger {ch['name']}-v{ch['version']} {cfg['mode']} {cfg['share']:.0%}" if ch else "")
+                     + f" (revision {cfg['revision']}, {cfg['status']})")
     for e in status["errors"]:
         lines.append(f"error: {e}")
     return "\n".join(lines)
@@ -114,7 +149,9 @@ def render(status: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON (for scripts).")
 def status_command(as_json: bool) -> None:
     """Consumer-group lag per partition (from the broker, also when no worker runs), throughput,
-    freshness p50/p99, dead letters and the served model of the worker named by FRESHREC_APP_ID."""
+    freshness p50/p99, dead letters, the arms (champion, challenger) with their online metrics
+    (lists, shown items, clicks, CTR, HitRate@10, freshness) and drift of the worker named by
+    FRESHREC_APP_ID, and the configured rollout."""
     st = gather(load_settings())
     click.echo(orjson.dumps(st, option=orjson.OPT_INDENT_2).decode() if as_json else render(st))
     if st["errors"] and not st["partitions"] and st["worker"] is None:

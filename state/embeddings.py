@@ -257,19 +257,20 @@ class OnlineMF:
 
     def _step(self, u: int, rows: Sequence[int], targets: np.ndarray, weights: np.ndarray) -> None:
         """One SGD step on the user's row and the item rows ``rows`` towards ``targets``."""
+        idx = np.asarray(rows, dtype=np.intp)  # once: fancy indexing with a list converts it each time
         p = self._U[u].copy()
-        Q = self._V[rows]
-        b = self._b[rows]
+        Q = self._V[idx]
+        b = self._b[idx]
         score = Q @ p + b
-        if self.loss == "logistic":
-            score = 1.0 / (1.0 + np.exp(-np.clip(score, -30.0, 30.0)))
+        if self.loss == "logistic":  # minimum/maximum: np.clip's wrapper costs more than both
+            score = 1.0 / (1.0 + np.exp(-np.minimum(np.maximum(score, -30.0), 30.0)))
         g = (targets - score) * weights  # gradient of the loss w.r.t. the score, sign flipped
         # the L2 pull is weighted like the evidence, so a weight-0 event changes nothing
         lr, l2 = self.lr, self.l2
         self._U[u] = p + lr * (g @ Q - (l2 * float(weights.max())) * p)
-        self._V[rows] = Q + lr * (g[:, None] * p - (l2 * weights)[:, None] * Q)
+        self._V[idx] = Q + lr * (g[:, None] * p - (l2 * weights)[:, None] * Q)
         if self.use_bias:
-            self._b[rows] = b + self.bias_lr * (g - l2 * weights * b)
+            self._b[idx] = b + self.bias_lr * (g - l2 * weights * b)
         self._dirty.update(rows)
 
     def forget_user(self, user_id: str) -> bool:
@@ -314,6 +315,10 @@ class OnlineMF:
     def predict_one(self, user_id: str, item_id: str) -> float:
         """Score of ``item_id`` for ``user_id`` (higher is better; not a probability)."""
         return float(self.user_vector(user_id) @ self.item_vector(item_id) + self.item_bias(item_id))
+
+    def row_of(self, item_id: str) -> int:
+        """The item's row in the factor matrix (-1: unknown); rows never change once assigned."""
+        return self._item_row.get(item_id, -1)
 
     def rows_of(self, item_ids: Sequence[str]) -> np.ndarray:
         """Row of each item in the factor matrix (-1: unknown), to look items up once per list."""
@@ -367,6 +372,57 @@ class OnlineMF:
             out[known] = (V @ q) / (np.maximum(norms, 1e-9) * qn)
         return out
 
+    def mean_of_rows(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray | None:
+        """:meth:`mean_item_vector` for rows from :meth:`rows_of` (-1: unknown, skipped)."""
+        known = rows >= 0
+        if known.all():
+            w = np.asarray(weights, dtype=np.float64)
+            return (w.astype(np.float32) @ self._V[rows]) / float(w.sum())
+        if not known.any():
+            return None
+        w = np.asarray(weights, dtype=np.float64)[known]
+        return (w.astype(np.float32) @ self._V[rows[known]]) / float(w.sum())
+
+    def cosine_rows(self, rows: np.ndarray, q: np.ndarray | None) -> np.ndarray:
+        """Cosine of each row's item vector with ``q`` (float32; 0 for unknown rows and when
+        ``q`` is None or zero): :meth:`item_similarity` against a precomputed mean vector."""
+        out = np.zeros(len(rows), dtype=np.float32)
+        qn = 0.0 if q is None else float(np.linalg.norm(q))
+        if qn == 0.0 or not len(rows):
+            return out
+        known = rows >= 0
+        if known.all():
+            V = self._V[rows]
+            out[:] = (V @ q) / (np.maximum(np.linalg.norm(V, axis=1), 1e-9) * qn)
+        elif known.any():
+            V = self._V[rows[known]]
+            out[known] = (V @ q) / (np.maximum(np.linalg.norm(V, axis=1), 1e-9) * qn)
+        return out
+
+    def score_and_cosine_rows(self, user_id: str, rows: np.ndarray,
+                              q: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`score_rows` and :meth:`cosine_rows` together, with one gather of the item
+        vectors when every row is known (a ranker's feature matrix needs both)."""
+        if q is None or not len(rows) or not (rows >= 0).all():
+            return self.score_rows(user_id, rows), self.cosine_rows(rows, q)
+        urow = self._user_row.get(user_id)
+        p = self._U[urow] if urow is not None else np.zeros(self.n_factors, dtype=np.float32)
+        V = self._V[rows]
+        score = V @ p + self._b[rows]
+        qn = float(np.linalg.norm(q))
+        if qn == 0.0:
+            return score, np.zeros(len(rows), dtype=np.float32)
+        return score, (V @ q) / (np.maximum(np.linalg.norm(V, axis=1), 1e-9) * qn)
+
+    def user_vectors(self, user_ids: Sequence[str]) -> np.ndarray:
+        """:meth:`user_vector` of each user, as rows of one float32 matrix (a copy)."""
+        get = self._user_row.get
+        rows = np.fromiter((get(u, -1) for u in user_ids), dtype=np.int64, count=len(user_ids))
+        out = np.zeros((len(rows), self.n_factors), dtype=np.float32)
+        known = rows >= 0
+        out[known] = self._U[rows[known]]
+        return out
+
     # ------------------------------------------------------------------ ANN support
 
     @property
@@ -392,6 +448,11 @@ class OnlineMF:
         """The user's query for an index built from :meth:`index_vectors` (``[vector, 1]``)."""
         p = self.user_vector(user_id)
         return np.append(p, np.float32(1.0)) if self.use_bias else p
+
+    def query_vectors(self, user_ids: Sequence[str]) -> np.ndarray:
+        """:meth:`query_vector` of each user, as rows of one matrix (for a batch of ANN queries)."""
+        U = self.user_vectors(user_ids)
+        return np.hstack([U, np.ones((len(U), 1), dtype=np.float32)]) if self.use_bias else U
 
     def dirty_items(self) -> list[str]:
         """Items whose vector or bias changed (or that are new) since :meth:`clear_dirty`."""

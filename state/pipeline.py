@@ -11,17 +11,29 @@ slower interval.
 
 from __future__ import annotations
 
+import copy
+import logging
+import os
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, MutableMapping
 
+import numpy as np
+
 from freshrec.settings import Settings
 from freshrec.state.catalogue import Catalogue
+from freshrec.state.clickmodel import FEATURES
+from freshrec.state.drift import DriftMonitor
 from freshrec.state.features import Dirty, FeatureStore
+from freshrec.state.ann import ItemIndex
 from freshrec.state.publisher import RedisKeys, Updates, recs_payload, similar_payload, trending_payload
+from freshrec.state.random_recommender import RandomRecommender
 from freshrec.state.recommender import CoVisitationRecommender
 from freshrec.state.ranking import LearningRecommender
+from freshrec.state.registry import CHALLENGER, CHAMPION, ModelSpec, RolloutConfig
+from freshrec.state.rollout import Rollout, request_id
 from freshrec.state.trending import Trending
 from freshrec.streams.schema import CATALOGUE_TYPES, INTERACTION_TYPES, InvalidEvent, decode_event
 
@@ -56,6 +68,18 @@ class BatchResult:
     duplicates: int = 0
 
 
+log = logging.getLogger("freshrec.pipeline")
+PUBLISH_CHUNK = 64  # users ranked per batch (publish_many); the time budget is checked between batches
+
+
+def publish_many(recommender: object, rows: list[tuple[str, dict | None]], k: int) -> list[list]:
+    """The recommender's lists for a batch of ``(user_id, user_row)``, batched where it can."""
+    many = getattr(recommender, "publish_many", None)
+    if many is not None:
+        return many(rows, k)
+    return [recommender.publish_one(user_id, row, k) for user_id, row in rows]
+
+
 def wall_ms() -> int:
     return int(time.time() * 1000)
 
@@ -67,14 +91,20 @@ class Pipeline:
                  items: MutableMapping[str, dict] | None = None,
                  covis: MutableMapping[str, dict] | None = None,
                  catalogue: MutableMapping[str, dict] | None = None,
-                 clock: Callable[[], int] = wall_ms) -> None:
+                 clock: Callable[[], int] = wall_ms, rollout: RolloutConfig | None = None) -> None:
         self.settings = settings
         self.clock = clock
         self.keys = RedisKeys(settings.redis_prefix)
         self.features = FeatureStore(settings, users, items, covis)
         self.catalogue = Catalogue(catalogue)
         self.trending = Trending(self.features.item_stats, self.catalogue, settings.trending_k)
-        self.recommender: CoVisitationRecommender | LearningRecommender = self._make_recommender()
+        self.drift = DriftMonitor([*FEATURES, "prediction"], window=settings.drift_window)
+        self.rollout = Rollout(rollout or RolloutConfig.default(settings), self._build)
+        self._watch_drift()
+        self.audit: list[dict] = []  # audit records of changes made here (auto-rollback), for the worker to send
+        self.rollout_changed: RolloutConfig | None = None  # a config changed here, for the worker to store
+        self._seq = 0
+        self.republish_only: set[str] = set()  # queued by a rollout change, no new event since
         self.pending_users: dict[str, None] = {}  # insertion-ordered set of users to recompute
         self.deleted_users: set[str] = set()
         self.pending_similar: set[str] = set()
@@ -83,27 +113,56 @@ class Pipeline:
         self.changed_since_trending = True  # anything applied since trending was last computed
         self.counters: Counter[str] = Counter()
 
-    def _make_recommender(self) -> CoVisitationRecommender | LearningRecommender:
-        model = self.settings.model
-        if model == "learning":
-            return LearningRecommender(self.settings, self.features, self.catalogue, self.trending)
-        if model == "covis":
+    def _build(self, spec: ModelSpec, warm_from: object | None) -> object:
+        """The recommender of a model spec. A learning challenger starts from a copy of a learning
+        champion's learned state (vectors, index, click model) when their MF sizes match: a cold
+        model would lose any CTR comparison for reasons that say nothing of its configuration."""
+        if spec.kind == "covis":
             return CoVisitationRecommender(self.features.covis, self.catalogue, self.trending)
-        raise ValueError(f"FRESHREC_MODEL={model!r}: expected 'learning' or 'covis'")
+        if spec.kind == "random":
+            return RandomRecommender(self.catalogue, self.settings.seed)
+        if spec.kind != "learning":
+            raise ValueError(f"model kind {spec.kind!r}: expected 'learning', 'covis' or 'random'")
+        settings = spec.settings(self.settings)
+        rec = LearningRecommender(settings, self.features, self.catalogue, self.trending)
+        if isinstance(warm_from, LearningRecommender) and warm_from.mf.n_factors == rec.mf.n_factors:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "items.hnsw")
+                warm_from.index.save(path)
+                rec.load_state(copy.deepcopy(warm_from.to_state()), ItemIndex.load(path))
+            rec.mf.lr = settings.mf_lr
+        return rec
+
+    def _watch_drift(self) -> None:
+        """Sample the champion's served feature rows and predictions into the drift monitor."""
+        rec = self.rollout.champion
+        if isinstance(rec, LearningRecommender):
+            observe = self.drift.observe
+            rec.observer = lambda X, p: observe(np.column_stack([X, p]))
+
+    @property
+    def recommender(self) -> CoVisitationRecommender | LearningRecommender | RandomRecommender:
+        """The champion's recommender: what serves every user outside a challenger arm."""
+        return self.rollout.champion
 
     @property
     def learning(self) -> bool:
         return isinstance(self.recommender, LearningRecommender)
 
     @property
+    def model_kind(self) -> str:
+        return self.rollout.config.champion.kind
+
+    @property
     def model_name(self) -> str:
-        return f"{self.recommender.name}-v{self.recommender.version}"
+        return self.rollout.config.champion.label
 
     def rebuild(self, partitions: set[int] | None = None) -> None:
         """Rebuild derived views after the tables were recovered or partitions reassigned."""
         self.features.rebuild(partitions)
         self.catalogue.rebuild()
-        self.recommender.covis = self.features.covis
+        for rec in self.rollout.learners():
+            rec.covis = self.features.covis
         self.trending.refresh(self.features.stream_time_ms, self.features.item_stats)
         self.last_trending_ms = 0
 
@@ -113,7 +172,7 @@ class Pipeline:
         with the offsets it reflects; the MF index graph is saved beside it, see ``index``)."""
         f = self.features
         return {
-            "version": 1, "model": self.settings.model,
+            "version": 1, "model": self.model_kind, "rollout": self.rollout.config.to_dict(),
             "users": dict(f.users), "items": dict(f.item_parts), "covis": dict(f.covis_parts),
             "catalogue": dict(self.catalogue.rows), "stream_time_ms": f.stream_time_ms,
             "pending_users": list(self.pending_users), "deleted_users": list(self.deleted_users),
@@ -123,9 +182,9 @@ class Pipeline:
 
     def load_state(self, state: dict, index=None) -> None:
         """Restore :meth:`to_state` (``index``: the saved MF item index, rebuilt when None)."""
-        if state.get("model") != self.settings.model:
+        if state.get("model") != self.model_kind:
             raise ValueError(f"checkpoint holds model {state.get('model')!r}, the worker runs "
-                             f"{self.settings.model!r}: use a fresh FRESHREC_APP_ID or FRESHREC_MODEL")
+                             f"{self.model_kind!r}: use a fresh FRESHREC_APP_ID or FRESHREC_MODEL")
         f = self.features
         f.users.clear(); f.users.update(state["users"])  # noqa: E702
         f.item_parts.clear(); f.item_parts.update(state["items"])  # noqa: E702
@@ -139,6 +198,8 @@ class Pipeline:
         self.counters = Counter(state["counters"])
         if self.learning:
             self.recommender.load_state(state["recommender"], index)
+        if self.rollout.challenger is not None:  # not checkpointed: warm-started again from the champion
+            self.rollout._start_challenger(self.rollout.config.challenger)
 
     # ------------------------------------------------------------------ ingest
     def _decode(self, record: Record, allowed: frozenset[str], now_ms: int,
@@ -164,17 +225,24 @@ class Pipeline:
         now = self.clock()
         features = self.features
         apply = features.apply
-        learn = self.recommender.learn_event if self.learning else None
+        learners = [r.learn_event for r in self.rollout.learners() if isinstance(r, LearningRecommender)]
+        observe = self.rollout.observe
         for record in records:
             event = self._decode(record, INTERACTION_TYPES, now, result)
             if event is None:
                 continue
-            if learn is not None and features.is_new(event, record.offset):
-                learn(event, features.user(event["user_id"]))
+            if learners and features.is_new(event, record.offset):
+                row = features.user(event["user_id"])
+                for learn in learners:
+                    learn(event, row)
             if not apply(event, record.partition, record.offset, result.dirty):
                 result.duplicates += 1
                 self.counters["duplicates"] += 1
                 continue
+            if event["type"] == "user_delete":
+                self.rollout.forget_user(event["user_id"])
+            else:
+                observe(event)
             result.applied += 1
             self.changed_since_trending = True
             self.counters[f"events:{event['type']}"] += 1
@@ -186,6 +254,7 @@ class Pipeline:
                 self.deleted_users.discard(user_id)
                 self.pending_users.pop(user_id, None)  # to the newest end (see collect_updates)
                 self.pending_users[user_id] = None
+                self.republish_only.discard(user_id)
                 if event["type"] != "impression":
                     self.pending_similar.add(event["item_id"])
         return result
@@ -199,7 +268,8 @@ class Pipeline:
             if event is None:
                 continue
             if self.catalogue.apply(event):
-                self.recommender.observe_catalogue(event)
+                for rec in self.rollout.learners():
+                    rec.observe_catalogue(event)
                 result.applied += 1
                 self.changed_since_trending = True
                 result.catalogue_dirty[event["item_id"]] = record.partition
@@ -239,14 +309,20 @@ class Pipeline:
         budget_s = s.recompute_budget_ms / 1000.0 if s.recompute_budget_ms > 0 and not force else None
         t0 = time.perf_counter()
         done: list[str] = []
-        for user_id in reversed(self.pending_users):
-            row = users.user(user_id)
-            scored = self.recommender.publish_one(user_id, row, s.recs_k)
-            event_ts = row["last_ts"] if row else 0
-            updates.sets.append((self.keys.recs(user_id),
-                                 recs_payload(user_id, scored, self.model_name, now, event_ts)))
-            updates.freshness_ms.append(now - event_ts)
-            done.append(user_id)
+        pending = list(reversed(self.pending_users))
+        for start in range(0, len(pending), PUBLISH_CHUNK):  # ranked in batches (state/ranking.py)
+            rows = [(user_id, users.user(user_id)) for user_id in pending[start:start + PUBLISH_CHUNK]]
+            # a list republished for a rollout change reflects no new event: no freshness sample
+            fresh = [None if u in self.republish_only else now - (row["last_ts"] if row else 0) for u, row in rows]
+            for (user_id, row), fresh_ms, (arm, scored) in zip(rows, fresh, self._rank_chunk(rows, fresh)):
+                self._seq += 1
+                label = self.rollout.label(arm)
+                updates.sets.append((self.keys.recs(user_id), recs_payload(
+                    user_id, scored, label, now, row["last_ts"] if row else 0,
+                    request_id=request_id(arm, label, now, self._seq), arm=arm)))
+                if fresh_ms is not None:
+                    updates.freshness_ms.append(fresh_ms)
+                done.append(user_id)
             if budget_s is not None and time.perf_counter() - t0 >= budget_s:
                 break
         updates.recs = len(done)
@@ -254,13 +330,78 @@ class Pipeline:
         self.counters["recomputes"] += len(done)
         if len(done) == len(self.pending_users):
             self.pending_users.clear()
+            self.republish_only.clear()
         else:
             for user_id in done:
                 del self.pending_users[user_id]
+                self.republish_only.discard(user_id)
             self.counters["recompute_deferred"] += len(self.pending_users)
         updates.deletes.extend(self.keys.recs(u) for u in self.deleted_users)
         self.deleted_users.clear()
+        breach = self.rollout.check()
+        if breach is not None:
+            self.rollback(breach, actor="guardrail")
         return updates
+
+    def _rank_chunk(self, rows: list[tuple[str, dict | None]],
+                    fresh: list[int | None]) -> list[tuple[str, list]]:
+        """(arm, list) to publish per user: the challenger's for users in a canary/A-B arm (the
+        champion's when it raises, counted as errors); a shadow challenger's lists are only
+        recorded. ``fresh``: each list's freshness (None: a republish without a new event)."""
+        k, rollout = self.settings.recs_k, self.rollout
+        served: dict[int, list] = {}
+        if rollout.challenger is not None:
+            idx = [j for j, (user_id, _) in enumerate(rows) if rollout.arm_of(user_id) == CHALLENGER]
+            if idx:
+                try:
+                    lists = publish_many(rollout.challenger, [rows[j] for j in idx], k)
+                except Exception as exc:  # noqa: BLE001 - a challenger's bug must not stop serving
+                    log.warning("challenger %s failed for %d users: %r", rollout.label(CHALLENGER), len(idx), exc)
+                    lists = [None] * len(idx)
+                for j, scored in zip(idx, lists):
+                    rollout.record_list(CHALLENGER, rows[j][0], scored, fresh[j], served=not rollout.shadow)
+                    if scored is not None and not rollout.shadow:
+                        served[j] = scored
+        rest = [j for j in range(len(rows)) if j not in served]
+        for j, scored in zip(rest, publish_many(rollout.champion, [rows[j] for j in rest], k)):
+            rollout.record_list(CHAMPION, rows[j][0], scored, fresh[j], served=True)
+            served[j] = scored
+        return [(CHALLENGER if j not in rest else CHAMPION, served[j]) for j in range(len(rows))]
+
+    # ------------------------------------------------------------------ rollout
+    def _republish(self, users: set[str]) -> None:
+        for user_id in users:
+            if self.features.user(user_id) is not None and user_id not in self.deleted_users \
+                    and user_id not in self.pending_users:
+                self.pending_users[user_id] = None
+                self.republish_only.add(user_id)
+
+    def apply_rollout(self, config: RolloutConfig, force: bool = False) -> int:
+        """Apply a newer rollout config live (promote, rollback, share or mode change); the users
+        whose arm or model changed are queued for a new list. Returns how many. ``force``: apply
+        it even if its revision is not newer (the worker lost a compare-and-set race)."""
+        champion = self.rollout.champion
+        users = self.rollout.apply(config, list(self.features.users), force=force)
+        if self.rollout.champion is not champion:  # promoted: a new model, a new reference
+            self.drift.rebase()
+            self._watch_drift()
+        self._republish(users)
+        self.counters["rollout_changes"] += 1
+        return len(users)
+
+    def rollback(self, reason: str, actor: str) -> RolloutConfig:
+        """Roll the challenger back now: its users get champion lists with the next flush, and an
+        audit record (with both arms' metrics at the time) is queued for the worker to send."""
+        before = self.rollout.snapshot()
+        config, users = self.rollout.rollback(reason)
+        self._republish(users)
+        self.counters["rollbacks"] += 1
+        self.rollout_changed = config
+        self.audit.append({"action": "rollback", "actor": actor, "reason": reason, "ts": self.clock(),
+                           "revision": config.revision, "champion": config.champion.label,
+                           "republished_users": len(users), "arms": before["arms"]})
+        log.warning("rolled back the challenger (%s): %s; %d users republished", actor, reason, len(users))
+        return config
 
     def requeue(self, updates: Updates) -> None:
         """Put back what a failed publish carried, so the next flush writes it again."""
@@ -280,6 +421,8 @@ class Pipeline:
         self.trending.refresh(stream_now, self.features.item_stats)
         for name, n in self.recommender.refresh(now, stream_now).items():
             self.counters[name] += n
+        if self.rollout.challenger is not None:  # it learns beside the champion: same periodic work
+            self.rollout.challenger.refresh(now, stream_now)
         updates.sets.append((self.keys.trending(), trending_payload(None, self.trending.global_list, now)))
         for cat, top in self.trending.by_category.items():
             updates.sets.append((self.keys.trending(cat), trending_payload(cat, top, now)))

@@ -2,8 +2,12 @@
 
 Keys (prefix default ``freshrec``), each an orjson document read with one ``GET``:
 
-* ``{p}:recs:{user_id}``: ``{"user_id", "items": [{"item_id", "score"}...], "model",
-  "generated_at" (epoch ms), "event_ts" (epoch ms of the newest event reflected)}``
+* ``{p}:recs:{user_id}``: ``{"user_id", "items": [{"item_id", "score"}...], "model" (name-vN),
+  "generated_at" (epoch ms), "event_ts" (epoch ms of the newest event reflected), "request_id",
+  "arm" (champion | challenger)}``. Frontends put ``request_id`` on the impression of this list
+  and on its clicks: that is how online CTR is attributed to the arm and model that served it.
+* ``{p}:rollout``: the rollout config (:mod:`freshrec.state.registry`), edited by ``freshrec rollout``;
+  ``{p}:models``: hash of registered model specs (``name-vN`` -> spec JSON).
 * ``{p}:similar:{item_id}``: ``{"item_id", "items": [...], "model", "generated_at"}``
 * ``{p}:trending`` and ``{p}:trending:{category}``: ``{"category", "items": [...], "generated_at"}``
 
@@ -36,15 +40,22 @@ class RedisKeys:
     def worker_stats(self, app_id: str) -> str:
         return f"{self.prefix}:worker:{app_id}:stats"
 
+    def rollout(self) -> str:
+        return f"{self.prefix}:rollout"
+
+    def models(self) -> str:
+        return f"{self.prefix}:models"
+
 
 def _items(scored: Sequence[tuple[str, float]]) -> list[dict[str, Any]]:
     return [{"item_id": item, "score": float(score)} for item, score in scored]
 
 
 def recs_payload(user_id: str, scored: Sequence[tuple[str, float]], model: str, generated_at: int,
-                 event_ts: int) -> bytes:
+                 event_ts: int, request_id: str | None = None, arm: str = "champion") -> bytes:
     return orjson.dumps({"user_id": user_id, "items": _items(scored), "model": model,
-                         "generated_at": generated_at, "event_ts": event_ts})
+                         "generated_at": generated_at, "event_ts": event_ts,
+                         "request_id": request_id, "arm": arm})
 
 
 def similar_payload(item_id: str, scored: Sequence[tuple[str, float]], model: str,

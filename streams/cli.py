@@ -160,3 +160,47 @@ def replay(spec: str, rate: float | None, limit: int | None, progress: bool) -> 
         if producer.errors:
             click.echo(f"delivery errors: {dict(producer.errors)}", err=True)
         sys.exit(1)
+
+
+@click.command()
+@click.option("--sessions", type=int, default=5000, show_default=True, help="User sessions to simulate.")
+@click.option("--rate", type=float, default=200.0, show_default=True, help="Sessions per second (0: no pacing).")
+@click.option("--users", "n_users", type=int, default=500, show_default=True)
+@click.option("--items", "n_items", type=int, default=2000, show_default=True)
+@click.option("--categories", "n_categories", type=int, default=10, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--catalogue/--no-catalogue", default=True, show_default=True,
+              help="Upsert the world's items first (skip when they are already in the catalogue).")
+def simulate(sessions: int, rate: float, n_users: int, n_items: int, n_categories: int, seed: int,
+             catalogue: bool) -> None:
+    """Closed-loop traffic: simulated users read their lists from Redis and react to them.
+
+    Each session reads one user's published list (one GET, as a frontend does), sends an
+    impression of its top 10 with the list's request_id, and clicks by the synthetic world's
+    planted preferences (users prefer 1-2 categories). Users without a list browse (a click).
+    This is the traffic that per-arm CTR, guardrails and `freshrec status` judge models by; the
+    summary printed at the end is what the users saw and clicked, per arm and model.
+
+    \b
+    Example (worker running):
+      freshrec simulate --sessions 20000 --rate 300
+    """
+    from freshrec.streams.closedloop import ClosedLoopUsers, run_closed_loop
+    from freshrec.streams.datasets.synthetic import make_world
+
+    if sessions < 0 or rate < 0:
+        raise click.BadParameter("--sessions and --rate must be >= 0")
+    try:
+        world = make_world(n_users, n_items, n_categories, seed)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    settings = load_settings()
+    _ensure_topics(settings)
+
+    def progress(done: int, summary: dict) -> None:
+        arms = ", ".join(f"{a} ctr {v['clicks'] / max(v['shown'], 1):.3f}" for a, v in sorted(summary["arms"].items()))
+        click.echo(f"  {done:,}/{sessions:,} sessions; {summary['without_list']:,} without a list; {arms}", err=True)
+
+    summary = run_closed_loop(settings, ClosedLoopUsers(world, seed), sessions, rate or None,
+                              catalogue=catalogue, progress=progress)
+    click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())

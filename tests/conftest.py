@@ -12,11 +12,36 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from freshrec.settings import Settings, load_settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def find_shared_datasets() -> Path | None:
+    """``../shared/datasets`` beside the repository (or ``$FRESHREC_DATASETS``), if present."""
+    env = os.environ.get("FRESHREC_DATASETS")
+    if env:
+        return Path(env)
+    for parent in (REPO_ROOT, *REPO_ROOT.parents):
+        candidate = parent / "shared" / "datasets"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    """The real data sets the project reads (never copied into the repository)."""
+    path = find_shared_datasets()
+    if path is None:
+        pytest.fail(f"no shared data sets: expected ../shared/datasets beside {REPO_ROOT} "
+                    f"(or set FRESHREC_DATASETS)", pytrace=False)
+    return path
 
 
 def _docker_answers() -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -86,3 +88,24 @@ def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, handl
             pytest.fail(f"worker exited ({handle.procs[-1].returncode}) waiting for {what}:\n{handle.tail()}")
         time.sleep(0.1)
     pytest.fail(f"timed out after {timeout_s}s waiting for {what}" + (f":\n{handle.tail()}" if handle else ""))
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    """(status, body) of a GET; status 0 when nothing listens."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError:
+        return 0, b""
+
+
+def prom_sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one Prometheus sample (labels matched as a subset)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None

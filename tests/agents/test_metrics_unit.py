@@ -16,7 +16,14 @@ def _metrics() -> WorkerMetrics:
     m.update({"counters": {"events:click": 5, "deadletter:not_json": 2, "recomputes": 3},
               "lag": {"t.interactions": {"0": 7}}, "users": 4, "items": 9, "index_items": 8,
               "content_items": 9, "pending_users": 0, "checkpoint_version": 2, "events_per_s": 1.5,
-              "stream_time_ms": 1, "model": "learning-v1", "redis_errors": 1})
+              "stream_time_ms": 1, "model": "learning-v1", "redis_errors": 1,
+              "rollout": {"revision": 3, "status": "running", "reason": "", "arms": {
+                  "champion": {"model": "learning-v1", "lists": 10, "errors": 0, "impressions": 100, "clicks": 20,
+                               "ctr": 0.2, "hitrate": 0.5, "share": 0.8, "mode": "serve",
+                               "logloss": 0.31, "auc": 0.71},
+                  "challenger": {"model": "rnd-v1", "lists": 3, "errors": 1, "impressions": 30, "clicks": 1,
+                                 "ctr": 1 / 30, "hitrate": None, "share": 0.2, "mode": "canary"}}},
+              "drift": {"psi": {"mf": 0.02, "prediction": 0.4}, "windows": 5}})
     m.freshness.observe(0.2)
     m.publish_latency.observe(0.001)
     return m
@@ -39,6 +46,18 @@ def test_ready_only_when_recovered_and_both_services_answer():
     assert not ok and parts["redis"] is False
     m.redis_ok = True
     assert m.readiness()[0]
+
+
+def test_per_arm_and_drift_metrics_are_labelled_by_arm_and_model():
+    text = _metrics().render().decode()
+    assert 'freshrec_arm_ctr{app_id="app",arm="champion",engine="stream",model="learning-v1"} 0.2' in text
+    assert 'freshrec_arm_impressions_total{app_id="app",arm="challenger",engine="stream",model="rnd-v1"} 30.0' in text
+    assert 'freshrec_arm_errors_total{app_id="app",arm="challenger",engine="stream",model="rnd-v1"} 1.0' in text
+    assert 'arm="challenger",engine="stream",model="rnd-v1"} 0.2' in text  # its share
+    assert "freshrec_arm_hitrate_at_10" in text and 'model="rnd-v1"} None' not in text
+    assert 'freshrec_rollout_revision{app_id="app",engine="stream"} 3.0' in text
+    assert 'freshrec_arm_click_auc{app_id="app",arm="champion",engine="stream",model="learning-v1"} 0.71' in text
+    assert 'freshrec_drift_psi{app_id="app",engine="stream",feature="prediction"} 0.4' in text
 
 
 def test_every_metric_the_dashboard_queries_is_exported():

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import urllib.error
-import urllib.request
 
 import orjson
 import pytest
@@ -14,29 +12,9 @@ from freshrec.status import gather, render
 from freshrec.streams.producer import EventProducer
 from freshrec.streams.schema import make_event
 
-from .conftest import wait_for
+from .conftest import http_get as _get, prom_sample as _sample, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def _get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except OSError:
-        return 0, b""
-
-
-def _sample(text: str, name: str, **labels: str) -> float | None:
-    """The value of one Prometheus sample (labels matched as a subset)."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def test_metrics_health_ready_and_status_follow_the_worker(worker, worker_settings):
@@ -91,3 +69,25 @@ def test_metrics_health_ready_and_status_follow_the_worker(worker, worker_settin
     # restart: the lag drains
     worker.start()
     wait_for(lambda: gather(s)["total_lag"] == 0, 90, "the lag to drain after the restart", worker)
+
+
+def test_the_faust_engine_serves_the_same_metrics_on_its_web_server(worker, worker_settings):
+    port = free_port()
+    s = worker.settings = worker_settings.replace(engine="faust", model="covis", web_port=port)
+    worker.start()
+    with EventProducer(s) as producer:
+        for u in range(10):
+            producer.send(make_event("click", user_id=f"u{u}", item_id=f"i{u % 3}"))
+        producer.flush(10)
+
+    def scraped():
+        code, body = _get(f"http://127.0.0.1:{port}/metrics")
+        text = body.decode() if code == 200 else ""
+        return text if _sample(text, "freshrec_events_total", engine="faust", type="click") == 10 else None
+
+    text = wait_for(scraped, 120, "faust /metrics with every click", worker)
+    assert (_sample(text, "freshrec_freshness_seconds_count") or 0) > 0
+    assert _sample(text, "freshrec_arm_lists_total", arm="champion", model="covis-v1") > 0
+    code, body = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(_get(f"http://127.0.0.1:{port}/ready")),
+                          60, "faust /ready", worker)
+    assert orjson.loads(body)["recovered"] is True

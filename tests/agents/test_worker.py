@@ -50,7 +50,7 @@ def test_a_click_changes_the_users_published_list(faust_worker, worker_settings,
     assert after["items"][0]["score"] > before_m2 + 0.1  # lifted by co-visitation, not trending
     assert "m1" not in items and "m9" not in items  # seen items are excluded
     assert after["generated_at"] >= click["ts"]
-    assert after["model"] == "covis-baseline-v1"
+    assert after["model"] == "covis-v1" and after["arm"] == "champion"  # model name-vN of the registry
 
 
 @pytest.mark.parametrize("engine", ["stream", "faust"])

@@ -318,3 +318,37 @@ def test_query_falls_back_to_an_exact_scan(space, filter_threshold):
     got = index.query(q, 10, exclude={order[0]})
     assert [i for i, _ in got] == order[1:11]
     assert [s for _, s in got] == pytest.approx([exact[ids.index(i)] for i in order[1:11]], abs=1e-3)
+
+
+@pytest.mark.parametrize("space", ["ip", "cosine"])
+def test_query_many_answers_each_row_as_query_does(space):
+    ids, vecs, rng = _data(500)
+    index = _index(ids, vecs, space=space)
+    index.mark_deleted("i1")
+    if space == "ip":  # an item whose norm outgrew phi is scored beside the graph
+        index.upsert_many(["big"], (vecs[0] / np.linalg.norm(vecs[0]) * 50.0)[None])
+    Q = rng.normal(size=(20, DIM)).astype(np.float32)
+    Q[0] = vecs[0]
+    labels, scores = index.query_many(Q, 15, num_threads=2)
+    assert labels.shape == scores.shape == (20, 15)
+    for r in range(20):
+        single = index.query(Q[r], 15)
+        assert index.items_of(labels[r]) == [i for i, _ in single]
+        assert scores[r].tolist() == pytest.approx([s for _, s in single], rel=1e-4, abs=1e-4)
+    if space == "ip":
+        assert index.items_of(labels[0])[0] == "big"
+    few, few_scores = index.query_many(Q[:2], len(index) + 5)  # more than the live items: -1 padded
+    assert (few[:, len(index):] == -1).all() and np.isneginf(few_scores[:, len(index):]).all()
+    assert "i1" not in index.items_of(few[0]) and None not in index.items_of(few[0, :len(index)])
+
+
+def test_label_items_map_every_label_until_a_rebuild_restarts_them():
+    ids, vecs, _ = _data(50)
+    index = _index(ids, vecs)
+    index.upsert_many(["i3"], vecs[4:5])  # i3 moves to a new label; its old one is stale
+    items = index.label_items()
+    assert len(items) == index.n_labels == 51 and items[3] is None and items[50] == "i3"
+    assert index.label_items(49) == ["i49", "i3"]
+    gen = index.generation
+    index.rebuild()
+    assert index.generation == gen + 1 and index.n_labels == 50 and None not in index.label_items()

@@ -163,3 +163,82 @@ def test_state_round_trip_gives_the_same_lists(tmp_path):
     assert [i for i, _ in rebuilt.recommend("u0", 10)] == [i for i, _ in feed.p.recommend("u0", 10)]
     with pytest.raises(ValueError, match="model"):
         Pipeline(feed.p.settings.replace(model="covis")).load_state(state)
+
+
+def _twins(**settings):
+    """A trained pipeline and an exact copy of it (same state, same random generators)."""
+    import copy
+
+    feed = Feed(**settings)
+    _community(feed)
+    feed.send("item_upsert", item_id="new", category="c", tags=["t"], text="brand new thing")
+    feed.send("impression", user_id="u3", request_id="r1", item_ids=["i2", "i4", "new"])
+    feed.refresh()
+    return feed, copy.deepcopy(feed.p)
+
+
+@pytest.mark.parametrize("filter_threshold", [256, 3])  # 3: users past it take the filtered query
+def test_publish_many_gives_the_lists_and_remembers_what_publish_one_does(filter_threshold):
+    feed, twin = _twins()
+    users = [f"u{u}" for u in range(30)] + ["newcomer", "u3"]
+    for p in (feed.p, twin):
+        p.recommender.index.filter_threshold = filter_threshold
+    one = [feed.p.recommender.publish_one(u, feed.p.features.user(u), 10) for u in users]
+    many = twin.recommender.publish_many([(u, twin.features.user(u)) for u in users], 10)
+    assert many == one and all(one[:30])
+    a, b = feed.p.recommender.published, twin.recommender.published
+    assert list(a) == list(b) and set(users) - {"newcomer"} <= set(a)
+    for u in a:  # candidates, sampled negatives, their features and the rank references
+        assert a[u][0] == b[u][0] and a[u][1] == b[u][1] and np.array_equal(a[u][2], b[u][2])
+        assert all(np.array_equal(x, y) for x, y in zip(a[u][3], b[u][3]))
+    assert twin.recommender.publish_many([], 10) == []
+
+
+def test_publish_many_lists_exclude_seen_and_deleted_items_and_feed_the_click_model():
+    feed, _ = _twins(explore_share=0.0)
+    rec = feed.p.recommender
+    feed.send("item_delete", item_id="i0")
+    feed.refresh()
+    users = [f"u{u}" for u in range(30)]
+    lists = rec.publish_many([(u, feed.p.features.user(u)) for u in users], 10)
+    for u, scored in zip(users, lists):
+        items = [i for i, _ in scored]
+        assert len(items) == 10 and "i0" not in items and not set(items) & set(feed.p.features.user(u)["seen"])
+        assert all(0.0 < p < 1.0 for _, p in scored)
+    learned = rec.clicks.n_learned
+    item = lists[0][0][0]
+    feed.send("click", user_id="u0", item_id=item)  # a positive among the remembered candidates
+    assert rec.clicks.n_learned > learned and rec.counters["positives_retrieved"] >= 1
+
+
+def test_click_model_learn_many_takes_rivers_steps():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, len(FEATURES))) * 3.0  # large enough to reach the clipped log-loss branches
+    y = (rng.random(500) < 0.2).astype(int).tolist()
+    one, many = ClickModel(lr=0.05), ClickModel(lr=0.05)
+    for row, label in zip(X, y):
+        one.learn_one(row, label)
+    many.learn_many(X, y)
+    assert many.weights == pytest.approx(one.weights, rel=1e-12, abs=1e-12)
+    assert (many.n_learned, many.n_positive) == (one.n_learned, one.n_positive)
+    assert many.model.optimizer.n_iterations == one.model.optimizer.n_iterations
+
+
+def test_item_table_codes_grow_and_label_codes_follow_index_rebuilds():
+    from freshrec.state.ann import ItemIndex
+    from freshrec.state.ranking import ItemTable, LabelCodes
+
+    table = ItemTable(4, lambda item: (None, "c" if item.endswith("0") else None, item == "x1"), capacity=16)
+    ids = [f"x{i}" for i in range(40)]  # past the initial capacity: arrays double
+    codes = table.codes(ids)
+    assert codes.tolist() == list(range(40)) and table.codes({"x3": 1, "new": 2}).tolist() == [3, 40]
+    assert table.ids[codes].tolist() == ids and table.deleted[1] and not table.deleted[2]
+    assert table.cat[codes[[0, 1, 10]]].tolist() == [1, 0, 1]
+    assert table.marked(codes[:5], np.array([1, 3])).tolist() == [False, True, False, True, False]
+    assert not table._mark.any()
+    index = ItemIndex(3)
+    index.upsert_many(ids[:5], np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1]] + 0.1)
+    labels = LabelCodes()
+    assert labels(index, table, np.array([[4, -1, 0]])).tolist() == [[4, -1, 0]]
+    index.rebuild(["x7", "x8"], np.ones((2, 3), dtype=np.float32))  # labels start again at 0
+    assert labels(index, table, np.array([0, 1])).tolist() == [7, 8]

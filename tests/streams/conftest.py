@@ -12,27 +12,6 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def find_shared_datasets() -> Path | None:
-    """``../shared/datasets`` beside the repository (or ``$FRESHREC_DATASETS``), if present."""
-    env = os.environ.get("FRESHREC_DATASETS")
-    if env:
-        return Path(env)
-    for parent in (REPO_ROOT, *REPO_ROOT.parents):
-        candidate = parent / "shared" / "datasets"
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
-@pytest.fixture(scope="session")
-def shared_datasets() -> Path:
-    """The real data sets the project reads (never copied into the repository)."""
-    path = find_shared_datasets()
-    if path is None:
-        pytest.fail(f"no shared data sets: expected ../shared/datasets beside {REPO_ROOT} "
-                    f"(or set FRESHREC_DATASETS)", pytrace=False)
-    return path
-
 
 def consume_all(brokers: str, topic: str, timeout_s: float = 20.0) -> list:
     """Every message currently in ``topic`` (all partitions, from the beginning)."""
