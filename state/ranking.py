@@ -281,6 +281,7 @@ class LearningRecommender:
         self._max_pop = 1.0
         self._cache_since = 0
         self._explore: tuple[list[str], np.ndarray, np.ndarray] = ([], np.empty(0), np.empty(0))
+        self._explore_stale = False  # a catalogue change since the pool was drawn up
         self.last_index_refresh_ms = 0
         self.counters: Counter[str] = Counter()
         # called with (feature rows, click probabilities) of the ranked items of every list: the
@@ -416,6 +417,7 @@ class LearningRecommender:
     def observe_catalogue(self, event: dict) -> None:
         """An applied ``item_upsert`` / ``item_delete``."""
         item = event["item_id"]
+        self._explore_stale = True  # a new item is explored from the next list on, not the next refresh
         if event["type"] == "item_delete":
             self.content.delete(item)
             self.index.mark_deleted(item)
@@ -687,7 +689,9 @@ class LearningRecommender:
     def _refresh_explore_pool(self) -> None:
         """The items exploration draws from, with their Beta posteriors on CTR: the newest fresh
         items (upserted within ``fresh_window_s``) still under ``explore_max_views``. Computed
-        once per refresh and bounded by ``EXPLORE_POOL``, so a list pays for a few hundred draws."""
+        once per refresh (and before the next lists after a catalogue change) and bounded by
+        ``EXPLORE_POOL``, so a list pays for a few hundred draws."""
+        self._explore_stale = False
         s = self.settings
         horizon = self.features.stream_time_ms - s.fresh_window_s * 1000.0
         stats = self.features.item_stats
@@ -735,6 +739,8 @@ class LearningRecommender:
                   remember: bool = False) -> list[list[tuple[str, float]]]:
         """:meth:`rank` of several users at once: the same lists as one call each (the random
         draws are made user after user, in order), with the ANN queries batched."""
+        if self._explore_stale:
+            self._refresh_explore_pool()
         ctxs = [self.context(user_id, row) for user_id, row in users]
         cands = self._candidates_many(ctxs)
         return [self._rank_codes(ctx, codes, k, remember) for ctx, codes in zip(ctxs, cands)]

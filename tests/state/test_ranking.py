@@ -242,3 +242,33 @@ def test_item_table_codes_grow_and_label_codes_follow_index_rebuilds():
     assert labels(index, table, np.array([[4, -1, 0]])).tolist() == [[4, -1, 0]]
     index.rebuild(["x7", "x8"], np.ones((2, 3), dtype=np.float32))  # labels start again at 0
     assert labels(index, table, np.array([0, 1])).tolist() == [7, 8]
+
+
+def test_a_new_item_is_explored_in_the_next_lists_without_waiting_for_a_refresh():
+    """An upsert followed at once by the users' events: the lists computed in the same flush (before
+    the periodic refresh) already give the new item an exploration slot."""
+    now = [T0]
+    p = Pipeline(Settings(), clock=lambda: now[0])
+    offsets = {INTER: 0, CAT: 0}
+
+    def send(topic, events):
+        recs = [Record(topic, 0, offsets[topic] + n, orjson.dumps(e)) for n, e in enumerate(events)]
+        offsets[topic] += len(events)
+        result = (p.process_catalogue if topic == CAT else p.process_interactions)(recs)
+        assert not result.rejected
+
+    old = T0 - 5 * 86_400_000
+    send(CAT, [{"type": "item_upsert", "event_id": f"c{i}", "ts": old, "item_id": f"old{i}", "category": "news",
+                "text": f"old story {i}"} for i in range(30)])
+    send(INTER, [{"type": "click", "event_id": f"a{u}-{i}", "ts": T0, "user_id": f"u{u}", "item_id": f"old{(u + i) % 30}"}
+                 for u in range(40) for i in range(5)])
+    p.collect_updates(force=True)
+    send(CAT, [{"type": "item_upsert", "event_id": "new", "ts": T0 + 1, "item_id": "brand-new", "category": "news",
+                "text": "a story nobody has clicked yet"}])
+    send(INTER, [{"type": "click", "event_id": f"b{u}", "ts": T0 + 2, "user_id": f"u{u}", "item_id": f"old{(u + 7) % 30}"}
+                 for u in range(40)])
+    now[0] += 250  # a recompute is due; the trending/explore refresh (1 s interval) is not
+    updates = p.collect_updates()
+    docs = [orjson.loads(v) for k, v in updates.sets if k.startswith(p.keys.recs(""))]
+    assert len(docs) == 40
+    assert all(any(e["item_id"] == "brand-new" for e in d["items"]) for d in docs)
