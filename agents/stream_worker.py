@@ -41,7 +41,7 @@ from freshrec.state.pipeline import Pipeline, Record
 from freshrec.state.publisher import RedisKeys, publish_sync
 from freshrec.state.registry import RolloutConfig
 from freshrec.state.rollout_store import RolloutStore
-from freshrec.streams.audit import audit_record
+from freshrec.streams.audit import audit_record, send_audit
 from freshrec.streams.deadletter import deadletter_record
 
 log = logging.getLogger("freshrec.worker")
@@ -111,10 +111,7 @@ class StreamWorker:
             except redis.RedisError as exc:
                 log.warning("could not store the rolled-back rollout config (will retry): %s", exc)
         if p.audit and self.producer is not None:
-            for rec in p.audit:
-                rec.setdefault("worker", self.settings.app_id)
-                self.producer.produce(self.settings.audit_topic, key=self.settings.app_id.encode(),
-                                      value=orjson.dumps(rec))
+            send_audit(self.settings, [{**rec, "worker": self.settings.app_id} for rec in p.audit], self.producer)
             p.audit.clear()
             self.producer.poll(0)
 

@@ -35,6 +35,7 @@ from freshrec.state.ranking import LearningRecommender
 from freshrec.state.registry import CHALLENGER, CHAMPION, ModelSpec, RolloutConfig
 from freshrec.state.rollout import Rollout, request_id
 from freshrec.state.trending import Trending
+from freshrec.streams.audit import audit_record
 from freshrec.streams.schema import CATALOGUE_TYPES, INTERACTION_TYPES, InvalidEvent, decode_event
 
 
@@ -198,8 +199,7 @@ class Pipeline:
         self.counters = Counter(state["counters"])
         if self.learning:
             self.recommender.load_state(state["recommender"], index)
-        if self.rollout.challenger is not None:  # not checkpointed: warm-started again from the champion
-            self.rollout._start_challenger(self.rollout.config.challenger)
+        self.rollout.restart_challenger()  # not checkpointed: warm-started again from the champion
 
     # ------------------------------------------------------------------ ingest
     def _decode(self, record: Record, allowed: frozenset[str], now_ms: int,
@@ -312,14 +312,14 @@ class Pipeline:
         pending = list(reversed(self.pending_users))
         for start in range(0, len(pending), PUBLISH_CHUNK):  # ranked in batches (state/ranking.py)
             rows = [(user_id, users.user(user_id)) for user_id in pending[start:start + PUBLISH_CHUNK]]
+            event_ts = [row["last_ts"] if row else 0 for _, row in rows]
             # a list republished for a rollout change reflects no new event: no freshness sample
-            fresh = [None if u in self.republish_only else now - (row["last_ts"] if row else 0) for u, row in rows]
-            for (user_id, row), fresh_ms, (arm, scored) in zip(rows, fresh, self._rank_chunk(rows, fresh)):
+            fresh = [None if u in self.republish_only else now - ts for (u, _), ts in zip(rows, event_ts)]
+            for (user_id, _), ts, fresh_ms, (arm, scored) in zip(rows, event_ts, fresh, self._rank_chunk(rows, fresh)):
                 self._seq += 1
                 label = self.rollout.label(arm)
                 updates.sets.append((self.keys.recs(user_id), recs_payload(
-                    user_id, scored, label, now, row["last_ts"] if row else 0,
-                    request_id=request_id(arm, label, now, self._seq), arm=arm)))
+                    user_id, scored, label, now, ts, request_id=request_id(arm, label, now, self._seq), arm=arm)))
                 if fresh_ms is not None:
                     updates.freshness_ms.append(fresh_ms)
                 done.append(user_id)
@@ -349,7 +349,7 @@ class Pipeline:
         champion's when it raises, counted as errors); a shadow challenger's lists are only
         recorded. ``fresh``: each list's freshness (None: a republish without a new event)."""
         k, rollout = self.settings.recs_k, self.rollout
-        served: dict[int, list] = {}
+        served: dict[int, list] = {}  # row -> list served by the challenger
         if rollout.challenger is not None:
             idx = [j for j, (user_id, _) in enumerate(rows) if rollout.arm_of(user_id) == CHALLENGER]
             if idx:
@@ -362,11 +362,12 @@ class Pipeline:
                     rollout.record_list(CHALLENGER, rows[j][0], scored, fresh[j], served=not rollout.shadow)
                     if scored is not None and not rollout.shadow:
                         served[j] = scored
+        out = [(CHALLENGER, served[j]) if j in served else None for j in range(len(rows))]
         rest = [j for j in range(len(rows)) if j not in served]
         for j, scored in zip(rest, publish_many(rollout.champion, [rows[j] for j in rest], k)):
             rollout.record_list(CHAMPION, rows[j][0], scored, fresh[j], served=True)
-            served[j] = scored
-        return [(CHALLENGER if j not in rest else CHAMPION, served[j]) for j in range(len(rows))]
+            out[j] = (CHAMPION, scored)
+        return out
 
     # ------------------------------------------------------------------ rollout
     def _republish(self, users: set[str]) -> None:
@@ -397,9 +398,9 @@ class Pipeline:
         self._republish(users)
         self.counters["rollbacks"] += 1
         self.rollout_changed = config
-        self.audit.append({"action": "rollback", "actor": actor, "reason": reason, "ts": self.clock(),
-                           "revision": config.revision, "champion": config.champion.label,
-                           "republished_users": len(users), "arms": before["arms"]})
+        self.audit.append(audit_record("rollback", actor, reason=reason, ts=self.clock(), revision=config.revision,
+                                       champion=config.champion.label, republished_users=len(users),
+                                       arms=before["arms"]))
         log.warning("rolled back the challenger (%s): %s; %d users republished", actor, reason, len(users))
         return config
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from freshrec.state.catalogue import Catalogue
+from freshrec.state.recommender import StatelessRecommender
 
 
-class RandomRecommender:
+class RandomRecommender(StatelessRecommender):
     """Uniformly random live catalogue items, seen items excluded (same protocol as the others)."""
 
     name = "random"
@@ -36,18 +37,6 @@ class RandomRecommender:
                 if len(out) == k:
                     break
         return out
-
-    def publish_one(self, user_id: str, user_row: dict | None, k: int) -> list[tuple[str, float]]:
-        return self.recommend_one(user_id, user_row, k)
-
-    def learn_event(self, event: dict, user_row: dict | None) -> None:
-        """Learns nothing."""
-
-    def observe_catalogue(self, event: dict) -> None:
-        """Reads the catalogue directly."""
-
-    def refresh(self, now_ms: int, stream_time_ms: int, force: bool = False) -> dict:
-        return {}
 
     def similar_one(self, item_id: str, k: int) -> list[tuple[str, float]]:
         return self.recommend_one(item_id, None, k)

@@ -30,7 +30,28 @@ def covis_scores(covis: CoVisitation, recent: list[str], neighbours_n: int) -> d
     return scores
 
 
-class CoVisitationRecommender:
+class StatelessRecommender:
+    """The recommender protocol's learning hooks as no-ops, for models that learn nothing of
+    their own: they read the feature store and the catalogue, which the pipeline keeps current."""
+
+    def recommend_one(self, user_id: str, user_row: dict | None, k: int) -> list[tuple[str, float]]:
+        raise NotImplementedError
+
+    def publish_one(self, user_id: str, user_row: dict | None, k: int) -> list[tuple[str, float]]:
+        """The list to publish (nothing of it is kept)."""
+        return self.recommend_one(user_id, user_row, k)
+
+    def learn_event(self, event: dict, user_row: dict | None) -> None:
+        """Nothing to learn beyond the feature store's counts."""
+
+    def observe_catalogue(self, event: dict) -> None:
+        """Catalogue changes arrive through the catalogue itself."""
+
+    def refresh(self, now_ms: int, stream_time_ms: int, force: bool = False) -> dict:
+        return {}
+
+
+class CoVisitationRecommender(StatelessRecommender):
     """Scores items for a user from co-visitation and trending (``recommend_one``)."""
 
     name = "covis-baseline"
@@ -57,19 +78,6 @@ class CoVisitationRecommender:
             (s, item) for item, s in scores.items() if item not in seen and item not in deleted
         )
         return [(item, s) for s, item in heapq.nlargest(k, candidates)]
-
-    def publish_one(self, user_id: str, user_row: dict | None, k: int) -> list[tuple[str, float]]:
-        """The list to publish (the baseline keeps nothing of it)."""
-        return self.recommend_one(user_id, user_row, k)
-
-    def learn_event(self, event: dict, user_row: dict | None) -> None:
-        """The baseline learns nothing beyond the feature store's counts."""
-
-    def observe_catalogue(self, event: dict) -> None:
-        """Catalogue changes reach the baseline through the catalogue itself."""
-
-    def refresh(self, now_ms: int, stream_time_ms: int, force: bool = False) -> dict:
-        return {}
 
     def similar_one(self, item_id: str, k: int) -> list[tuple[str, float]]:
         """Items most co-visited with ``item_id`` (deleted excluded)."""

@@ -143,6 +143,12 @@ class Rollout:
         self.stats[CHALLENGER] = ArmStats(spec.label)
         self.last_lists[CHALLENGER] = OrderedDict()
 
+    def restart_challenger(self) -> None:
+        """Start the configured challenger afresh from the champion (after the champion's state
+        was restored from a checkpoint); its metrics start over."""
+        if self.config.challenger is not None:
+            self._start_challenger(self.config.challenger)
+
     def _stop_challenger(self) -> None:
         for table in (self.recommenders, self.stats, self.last_lists):
             table.pop(CHALLENGER, None)

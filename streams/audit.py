@@ -18,6 +18,7 @@ from freshrec.settings import Settings
 
 
 def audit_record(action: str, actor: str, **fields: Any) -> dict[str, Any]:
+    """One audit record (``ts``: now in epoch ms unless ``fields`` give it)."""
     return {"action": action, "actor": actor, "ts": int(time.time() * 1000), **fields}
 
 
