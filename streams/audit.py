@@ -3,8 +3,9 @@
 Records are JSON objects with at least ``action`` (register, shadow, canary, ab, share,
 promote, rollback, applied), ``actor`` (``cli:{user}``, ``guardrail``, ``worker:{app_id}``),
 ``ts`` (epoch ms) and ``revision`` (the rollout revision it produced or applied), plus what the
-change was (models, share, reason, metrics at the time). Keyed by the app id, one partition: the
-topic reads in the order things happened.
+change was (models, share, reason, metrics at the time). Keyed by the app id, one partition.
+Several writers share the topic (the CLI stores a config in Redis before it produces its record,
+so a quick worker's ``applied`` can land first): :func:`read_audit` returns records in causal order.
 """
 
 from __future__ import annotations
@@ -42,8 +43,26 @@ def send_audit(settings: Settings, records: Iterable[dict[str, Any]], producer: 
     return n
 
 
+def in_causal_order(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` (in topic order) ordered by the rollout revision they produced or applied, and
+    within a revision the change before the workers' ``applied``; records without a revision
+    (``register``) keep their place after the revision seen before them."""
+    keyed = []
+    last = 0
+    for i, rec in enumerate(records):
+        rev = rec.get("revision")
+        follows = not isinstance(rev, int) or rec.get("action") == "applied"  # a revision's change comes first
+        if isinstance(rev, int):
+            last = max(last, rev)
+        else:
+            rev = last
+        keyed.append(((rev, follows, i), rec))
+    return [rec for _, rec in sorted(keyed, key=lambda kv: kv[0])]
+
+
 def read_audit(settings: Settings, timeout_s: float = 5.0) -> list[dict[str, Any]]:
-    """Every record on the audit topic, oldest first (for ``freshrec rollout history`` and tests)."""
+    """Every record on the audit topic, in causal order (:func:`in_causal_order`), for
+    ``freshrec rollout history`` and tests."""
     from confluent_kafka import Consumer, TopicPartition
 
     c = Consumer({"bootstrap.servers": settings.kafka_brokers, "group.id": f"{settings.app_id}-audit-reader",
@@ -62,7 +81,7 @@ def read_audit(settings: Settings, timeout_s: float = 5.0) -> list[dict[str, Any
                 if m.error() is None:
                     out.append(orjson.loads(m.value()))
                 if m.offset() >= high - 1:
-                    return out
-        return out
+                    return in_causal_order(out)
+        return in_causal_order(out)
     finally:
         c.close()

@@ -107,7 +107,8 @@ def test_a_random_canary_is_rolled_back_by_its_ctr_then_a_good_one_is_promoted_l
     wait_for(lambda: {d["model"] for d in _docs(redis_client, s)} == {"ranker-v1"}, 60,
              "every list republished by the promoted model", worker)
     assert worker.procs[-1].pid == pid and worker.procs[-1].poll() is None  # never restarted
-    assert [r["action"] for r in read_audit(s)][-4:] == ["share", "applied", "promote", "applied"]
+    wait_for(lambda: [r["action"] for r in read_audit(s)][-4:] == ["share", "applied", "promote", "applied"], 30,
+             "share and promote, each applied, on the audit topic", worker)
 
 
 def test_a_shadow_model_is_scored_but_never_served(live, redis_client):
