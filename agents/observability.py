@@ -39,6 +39,9 @@ PLAIN_COUNTERS = {
     "recompute_deferred": ("freshrec_recompute_deferred", "Lists deferred to the next flush by the time budget"),
     "published": ("freshrec_published_keys", "Redis keys written"),
     "checkpoints": ("freshrec_checkpoints", "Checkpoints written"),
+    "checkpoint_errors": ("freshrec_checkpoint_errors", "Background checkpoints that failed (the previous one stays)"),
+    "batches_behind": ("freshrec_batches_behind", "Consume batches that came back full: the worker was behind "
+                       "(click model sampled, smaller list budget)"),
     "impressions_learned": ("freshrec_impressions_learned", "Impressions learned by the click model"),
     "indexed": ("freshrec_index_upserts", "Item vectors re-indexed in the HNSW index"),
 }

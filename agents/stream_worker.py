@@ -36,7 +36,7 @@ from freshrec.agents.observability import WorkerMetrics, serve
 from freshrec.agents.publishing import PublishLog
 from freshrec.settings import Settings, state_dir
 from freshrec.state.ann import ItemIndex
-from freshrec.state.checkpoint import CheckpointStore
+from freshrec.state.checkpoint import BackgroundCheckpoint, CheckpointError, CheckpointStore
 from freshrec.state.pipeline import Pipeline, Record
 from freshrec.state.publisher import RedisKeys, publish_sync
 from freshrec.state.registry import RolloutConfig
@@ -48,6 +48,7 @@ log = logging.getLogger("freshrec.worker")
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 INDEX_FILE = "items.hnsw"
+SLOW_STEP_S = 0.5  # a batch or flush taking longer is logged (freshness p99 diagnostics)
 
 
 class StreamWorker:
@@ -59,6 +60,7 @@ class StreamWorker:
         self.rollouts = RolloutStore(self.redis, RedisKeys(settings.redis_prefix))
         self.pipeline = Pipeline(settings, rollout=self._initial_rollout())
         self.store = CheckpointStore(state_dir() / "checkpoints" / settings.app_id, keep=settings.checkpoint_keep)
+        self.writer = BackgroundCheckpoint(self.store)
         self.topics = [settings.interactions_topic, settings.catalogue_topic]
         self.offsets: dict[str, dict[int, int]] = {t: {} for t in self.topics}  # next offset to read
         self.checkpoint_version = 0
@@ -136,20 +138,42 @@ class StreamWorker:
                  len(self.pipeline.features.item_stats), info.offsets)
         return seconds
 
-    def checkpoint(self) -> None:
-        """Save state + offsets (dead letters flushed first, so none is lost behind an offset)."""
+    def checkpoint(self, wait: bool = False) -> None:
+        """Save state + offsets (dead letters flushed first, so none is lost behind an offset):
+        in a forked child while the loop goes on (:class:`BackgroundCheckpoint`), or here and now
+        with ``wait`` (at shutdown, after any save still running)."""
+        self.reap_checkpoint(block=wait)
         if self.producer is not None:
             self.producer.flush(30)
-        t0 = time.perf_counter()
         files = {}
         if self.pipeline.learning:
             files[INDEX_FILE] = self.pipeline.recommender.index.save
-        info = self.store.save(self.pipeline.to_state(), self.offsets,
-                               meta={"model": self.pipeline.model_name, "counters": dict(self.pipeline.counters)},
-                               files=files)
+        meta = {"model": self.pipeline.model_name, "counters": dict(self.pipeline.counters)}
+        if not wait:
+            if not self.writer.start(self.pipeline.to_state, self.offsets, meta, files):
+                log.info("checkpoint still being written: this one is skipped")
+            return
+        t0 = time.perf_counter()
+        info = self.store.save(self.pipeline.to_state(), self.offsets, meta=meta, files=files)
+        self._checkpointed(info, time.perf_counter() - t0)
+
+    def reap_checkpoint(self, block: bool = False) -> None:
+        """Take note of a background checkpoint that finished (a failed one is logged, counted
+        and retried at the next interval: the previous checkpoint stays the newest)."""
+        started = self.writer.started_at
+        try:
+            info = self.writer.poll(block=block)
+        except CheckpointError as exc:
+            self.pipeline.counters["checkpoint_errors"] += 1
+            log.error("background checkpoint failed: %s", exc)
+            return
+        if info is not None:
+            self._checkpointed(info, time.perf_counter() - started)
+
+    def _checkpointed(self, info, seconds: float) -> None:
         self.checkpoint_version = info.version
         self.pipeline.counters["checkpoints"] += 1
-        log.info("checkpoint v%d: %d bytes in %.2fs", info.version, info.state_bytes, time.perf_counter() - t0)
+        log.info("checkpoint v%d: %d bytes in %.2fs", info.version, info.state_bytes, seconds)
 
     # ------------------------------------------------------------------ kafka
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -179,7 +203,11 @@ class StreamWorker:
 
     # ------------------------------------------------------------------ loop
     def flush(self, force: bool = False) -> None:
+        t_collect = time.perf_counter()
         updates = self.pipeline.collect_updates(force=force)
+        spent = time.perf_counter() - t_collect
+        if spent >= SLOW_STEP_S:  # what a freshness p99 is made of: say where the time went
+            log.info("slow flush: %.2fs for %d lists and %d similar lists", spent, updates.recs, len(updates.similar))
         if not updates:
             return
         t0 = time.perf_counter()
@@ -248,6 +276,13 @@ class StreamWorker:
             self.metrics.kafka_ok = False
 
     def _process(self, messages: list) -> None:
+        t0 = time.perf_counter()
+        self._apply(messages)
+        spent = time.perf_counter() - t0
+        if spent >= SLOW_STEP_S:
+            log.info("slow batch: %.2fs for %d messages", spent, len(messages))
+
+    def _apply(self, messages: list) -> None:
         inter: list[Record] = []
         cat: list[Record] = []
         offsets = self.offsets
@@ -263,6 +298,7 @@ class StreamWorker:
             (cat if topic == self.settings.catalogue_topic else inter).append(rec)
             offsets[topic][m.partition()] = m.offset() + 1
         p = self.pipeline
+        p.set_behind(len(messages) >= self.settings.batch_max)
         if cat:  # catalogue first: an item upserted in the same batch is known to its first click
             self._dead_letter(p.process_catalogue(cat).rejected)
         if inter:
@@ -304,6 +340,7 @@ class StreamWorker:
                 if now - last_commit >= 1.0:
                     last_commit = now
                     self._commit()
+                    self.reap_checkpoint()
                     self.poll_rollout()
                     self._sync_rollout()
                     self._update_metrics()
@@ -321,11 +358,13 @@ class StreamWorker:
                         self.metrics.redis_ok = False
                     log.info("stats %s", orjson.dumps(stats).decode())
         finally:
-            log.info("stopping: final flush and checkpoint")
+            log.info("stopping: final checkpoint and flush")
             try:
+                # checkpoint first: it holds the users still waiting for a list, so a flush cut
+                # short (a long backlog of them, a grace period that ends in SIGKILL) loses nothing
+                self.checkpoint(wait=True)
                 self.flush(force=True)
                 self._sync_rollout()
-                self.checkpoint()
                 self._commit()
             finally:
                 self.consumer.close()

@@ -2,7 +2,7 @@
 
 All figures come from one run on the same topic, so ratios are meaningful on a noisy machine:
 
-1. preload N synthetic events into a fresh interactions topic;
+1. preload N synthetic events (stamped with the wall clock) into a fresh interactions topic;
 2. raw baseline: confluent-kafka batch consume + orjson decode of those N events, and the same
    through a bare Faust agent (the ceiling Faust's per-message machinery sets for a worker);
 3. pipeline: a real ``freshrec worker`` process consumes the same N events (features, dedupe,
@@ -183,7 +183,10 @@ def bench(events: int, users: int, items: int, rates: tuple[float, ...], seconds
                             web_port=0, engine=engine, model=model)
     ensure_topics(settings)
     click.echo(f"preloading {events:,} synthetic events ({users:,} users, {items:,} items) ...", err=True)
-    stream = synthetic_events(n_users=users, n_items=items, n_events=events, seed=1)
+    # stamped with the wall clock as they are produced, like the freshness phases: a worker
+    # catching up on recent events, not a replay of 2023 followed by a jump of years in event
+    # time at the first freshness phase (which made every pending impression come due at once)
+    stream = synthetic_events(n_users=users, n_items=items, n_events=events, seed=1, realtime=True)
     with EventProducer(settings) as producer:
         summary = replay(stream, producer, progress=True)
     n_interactions = sum(v for k, v in summary.sent_by_type.items() if k not in ("item_upsert", "item_delete"))

@@ -75,6 +75,7 @@ class Settings:
     trending_k: int = 50
     recompute_interval_ms: int = 200  # a user's list is recomputed at most once per interval
     recompute_budget_ms: int = 100  # at most this long recomputing lists per flush (0: no limit)
+    recompute_budget_behind_ms: int = 25  # the same while the worker is behind (catching up first)
     trending_interval_ms: int = 1000  # trending / similar lists refresh interval
     redis_prefix: str = "freshrec"
     recs_ttl_s: int = 7 * 86400  # TTL of published keys; 0 = no expiry
@@ -91,6 +92,7 @@ class Settings:
     click_window_s: float = 600.0  # event time an impression waits for its clicks before it is learned
     click_lr: float = 0.008  # SGD learning rate of the click model
     click_negatives: int = 8  # sampled candidate negatives per positive without an impression
+    click_sample_behind: float = 0.25  # share of impressions the click model learns while the worker is behind
     ann_candidates: int = 200  # candidates from the MF item index per user
     content_candidates: int = 20  # candidates from the content index per user
     fresh_candidates: int = 20  # newest catalogue items considered per user

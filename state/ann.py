@@ -150,6 +150,10 @@ class ItemIndex:
         self._stale = 0  # deleted slots not reused yet
         self.generation = 0  # bumped by rebuild(): labels start from 0 again
         self._index = self._new_hnsw(max(int(capacity), 1))
+        # The indexed vectors by label (first ``dim`` coordinates, normalised for cosine): what
+        # hnswlib's get_items returns, without its ~4 µs per item (the refresher reads every
+        # dirty item's indexed vector each second to decide what moved enough to re-index).
+        self._mirror = np.zeros((max(int(capacity), 1), self.dim), dtype=np.float32)
 
     def _new_hnsw(self, capacity: int) -> hnswlib.Index:
         if self.space == "ip":
@@ -220,6 +224,18 @@ class ItemIndex:
         self._next_label += n
         return labels
 
+    def _remember(self, labels: np.ndarray, stored: np.ndarray) -> None:
+        """Keep the first ``dim`` coordinates of what hnswlib now holds under ``labels``."""
+        need = int(labels.max()) + 1 if len(labels) else 0
+        if need > len(self._mirror):
+            grown = np.zeros((max(need, 2 * len(self._mirror)), self.dim), dtype=np.float32)
+            grown[: len(self._mirror)] = self._mirror
+            self._mirror = grown
+        vecs = stored[:, : self.dim]
+        if self.space == "cosine":  # hnswlib normalises on insert
+            vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-30)
+        self._mirror[labels] = vecs
+
     # ------------------------------------------------------------------ writes
 
     def upsert_many(self, item_ids: Sequence[str], vectors) -> None:
@@ -243,6 +259,7 @@ class ItemIndex:
             self._reserve(len(vecs))
             labels = self._new_labels(len(vecs))
             self._index.add_items(vecs, labels, num_threads=nthreads)
+            self._remember(labels, vecs)
             for item, label in zip(item_ids, labels.tolist()):
                 old = self._label.get(item)
                 if old is not None:
@@ -258,11 +275,13 @@ class ItemIndex:
         if live_pos:
             labels = np.array([self._label[item_ids[p]] for p in live_pos], dtype=np.int64)
             self._index.add_items(vecs[live_pos], labels, num_threads=nthreads)
+            self._remember(labels, vecs[live_pos])
         if new_pos:
             reused = min(len(new_pos), self._stale)
             self._reserve(len(new_pos) - reused)
             labels = self._new_labels(len(new_pos))
             self._index.add_items(vecs[new_pos], labels, num_threads=nthreads, replace_deleted=True)
+            self._remember(labels, vecs[new_pos])
             self._stale -= reused
             for p, label in zip(new_pos, labels.tolist()):
                 self._label[item_ids[p]] = label
@@ -312,9 +331,7 @@ class ItemIndex:
         """The indexed vectors of ``item_ids`` (all must be live; normalised for cosine)."""
         if not len(item_ids):
             return np.zeros((0, self.dim), dtype=np.float32)
-        labels = [self._label[i] for i in item_ids]
-        stored = np.asarray(self._index.get_items(labels, return_type="numpy"), dtype=np.float32)
-        return stored[:, : self.dim]
+        return self._mirror[[self._label[i] for i in item_ids]]
 
     def drift(self, item_ids: Sequence[str], vectors) -> np.ndarray:
         """Relative change ``|new - indexed| / |indexed|`` per item; ``inf`` for items not indexed."""
@@ -521,6 +538,11 @@ class ItemIndex:
         index.set_ef(self.ef)
         index.set_num_threads(self.num_threads)
         self._index = index
+        labels = np.fromiter(self._item, dtype=np.int64, count=len(self._item))
+        self._mirror = np.zeros((max(self._next_label, 1), self.dim), dtype=np.float32)
+        if len(labels):
+            self._mirror[labels] = np.asarray(index.get_items(labels.tolist(), return_type="numpy"),
+                                              dtype=np.float32)[:, : self.dim]
         over = list(meta["over"])
         self._over = dict(zip(over, self.vectors(over)))
         return self

@@ -378,3 +378,83 @@ class CheckpointStore:
             raise CheckpointError(f"{rel}: size {size} != {expected.get('size')} in manifest (truncated?)")
         if expected.get("sha256") != digest:
             raise CheckpointError(f"{rel}: sha256 mismatch (corrupt)")
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this (child) process when its parent dies: a writer left running
+    after a ``kill -9`` of the worker would race the restarted worker for the next version."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the child still finishes and exits on its own
+        pass
+
+
+class BackgroundCheckpoint:
+    """Checkpoints written by a forked child, so the worker keeps consuming while one is saved.
+
+    ``fork`` gives the child a copy-on-write snapshot of the whole process at that instant: the
+    state, its offsets and the index are exactly those of the moment :meth:`start` is called,
+    and the parent goes on changing its own copy. Measured before this: a synchronous save of
+    the learning worker's state stopped the loop for 1.4-3.3 s every 30 s. The child only builds
+    the state (``make_state`` runs in the child), writes files and ``os._exit``\\ s: it touches no
+    Kafka client, thread or lock of the parent. One save at a time; :meth:`poll` reaps it.
+    """
+
+    def __init__(self, store: CheckpointStore) -> None:
+        self.store = store
+        self.pid: int | None = None
+        self.started_at = 0.0
+        self._log = logging.getLogger("freshrec.checkpoint")
+
+    @property
+    def busy(self) -> bool:
+        return self.pid is not None
+
+    def start(self, make_state: Callable[[], Any], offsets: Mapping[str, Mapping[int, int]],
+              meta: Mapping | None = None, files: Mapping[str, Callable[[Path], None]] | None = None) -> bool:
+        """Fork a child that saves ``make_state()`` with ``offsets``; False if one is still running."""
+        if self.pid is not None:
+            return False
+        offsets = {t: dict(parts) for t, parts in offsets.items()}
+        pid = os.fork()
+        if pid == 0:  # the child: save and leave without running any of the parent's cleanup
+            code = 1
+            try:
+                _die_with_parent()
+                self.store.save(make_state(), offsets, meta, files)
+                code = 0
+            except BaseException as exc:  # noqa: BLE001 - reported through the exit code and stderr
+                try:
+                    os.write(2, f"freshrec checkpoint writer failed: {exc!r}\n".encode())
+                except OSError:
+                    pass
+            finally:
+                os._exit(code)
+        self.pid = pid
+        self.started_at = time.perf_counter()
+        return True
+
+    def poll(self, block: bool = False) -> CheckpointInfo | None:
+        """The checkpoint the child wrote once it has exited (None while it runs or if none
+        runs); raises :class:`CheckpointError` when it failed."""
+        if self.pid is None:
+            return None
+        pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+        if pid == 0:
+            return None
+        self.pid = None
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            raise CheckpointError(f"checkpoint writer exited with {code}")
+        info = self.store.latest()
+        if info is None:
+            raise CheckpointError("checkpoint writer exited cleanly but no checkpoint is there")
+        return info
+
+    def wait(self) -> CheckpointInfo | None:
+        """Block until a running save finished (its checkpoint, or None if none ran)."""
+        return self.poll(block=True)

@@ -71,6 +71,7 @@ class BatchResult:
 
 log = logging.getLogger("freshrec.pipeline")
 PUBLISH_CHUNK = 64  # users ranked per batch (publish_many); the time budget is checked between batches
+SIMILAR_BUDGET_SHARE = 0.25  # similar:{item} lists get this share of a flush's time budget
 
 
 def publish_many(recommender: object, rows: list[tuple[str, dict | None]], k: int) -> list[list]:
@@ -113,6 +114,7 @@ class Pipeline:
         self.last_trending_ms = 0
         self.changed_since_trending = True  # anything applied since trending was last computed
         self.counters: Counter[str] = Counter()
+        self.behind = False  # set by the worker per consume batch (set_behind)
 
     def _build(self, spec: ModelSpec, warm_from: object | None) -> object:
         """The recommender of a model spec. A learning challenger starts from a copy of a learning
@@ -279,6 +281,23 @@ class Pipeline:
                     self.pending_similar.add(event["item_id"])
         return result
 
+    def set_behind(self, behind: bool) -> None:
+        """Whether the worker is behind the stream (its last consume batch came back full). While
+        behind, the click model learns from ``click_sample_behind`` of the impressions, chosen by
+        request id (and the MF model learns the sampled slates' negatives at weight / share);
+        counts, clicks and every other event are learned as always (load shedding of the
+        costliest learning step, see ``LearningRecommender.click_sample``). Lists get
+        ``recompute_budget_behind_ms`` per flush instead of ``recompute_budget_ms``: a list made
+        while the user's later events still wait in the backlog is made again once they are
+        applied, so catching up first gives fresher lists sooner."""
+        self.behind = behind
+        share = self.settings.click_sample_behind if behind else 1.0
+        for rec in self.rollout.learners():
+            if isinstance(rec, LearningRecommender):
+                rec.click_sample = share
+        if behind:
+            self.counters["batches_behind"] += 1
+
     # ------------------------------------------------------------------ publish
     def _trending_due(self, now: int) -> bool:
         return self.changed_since_trending and now - self.last_trending_ms >= self.settings.trending_interval_ms
@@ -306,7 +325,8 @@ class Pipeline:
         # ones about to read their list) get fresh lists, and a backlog of users whose events
         # are older waits until load drops. (Oldest-first was measured worse: after a 200k-event
         # backlog, new events queued behind 20k backlog users, freshness p50 7.8 s at 100 ev/s.)
-        budget_s = s.recompute_budget_ms / 1000.0 if s.recompute_budget_ms > 0 and not force else None
+        budget_ms = s.recompute_budget_behind_ms if self.behind else s.recompute_budget_ms
+        budget_s = budget_ms / 1000.0 if budget_ms > 0 and not force else None
         t0 = time.perf_counter()
         done: list[str] = []
         pending = list(reversed(self.pending_users))
@@ -427,8 +447,11 @@ class Pipeline:
         updates.sets.append((self.keys.trending(), trending_payload(None, self.trending.global_list, now)))
         for cat, top in self.trending.by_category.items():
             updates.sets.append((self.keys.trending(cat), trending_payload(cat, top, now)))
-        # the same per-flush budget as user lists: under overload, the rest waits for the next refresh
-        budget_s = self.settings.recompute_budget_ms / 1000.0 if self.settings.recompute_budget_ms > 0 else None
+        # a share of the per-flush budget of user lists (item-to-item lists change slowly and
+        # were measured taking 100 ms of every flush after a burst of clicks on many items):
+        # under overload, the rest waits for the next refresh
+        budget_ms = self.settings.recompute_budget_behind_ms if self.behind else self.settings.recompute_budget_ms
+        budget_s = SIMILAR_BUDGET_SHARE * budget_ms / 1000.0 if budget_ms > 0 else None
         t0 = time.perf_counter()
         done: list[str] = []
         for item in self.pending_similar:

@@ -352,3 +352,26 @@ def test_label_items_map_every_label_until_a_rebuild_restarts_them():
     gen = index.generation
     index.rebuild()
     assert index.generation == gen + 1 and index.n_labels == 50 and None not in index.label_items()
+
+
+@pytest.mark.parametrize("space", ["ip", "cosine"])
+@pytest.mark.parametrize("update", ["reinsert", "inplace"])
+def test_indexed_vectors_read_from_the_mirror_equal_what_hnswlib_holds(tmp_path, space, update):
+    rng = np.random.default_rng(3)
+    index = ItemIndex(8, space=space, update=update, capacity=4)
+    ids = [f"i{k}" for k in range(30)]
+    index.upsert_many(ids, rng.normal(size=(30, 8)).astype(np.float32))  # grows past the capacity
+    index.upsert_many(ids[:10], rng.normal(size=(10, 8)).astype(np.float32))  # replaced
+    index.mark_deleted("i3")
+    live = [i for i in ids if i != "i3"]
+
+    def held(ix):  # straight from hnswlib
+        raw = np.asarray(ix._index.get_items([ix._label[i] for i in live], return_type="numpy"), dtype=np.float32)
+        return raw[:, :8]
+
+    np.testing.assert_allclose(index.vectors(live), held(index), rtol=1e-6, atol=1e-6)
+    index.save(tmp_path / "ix")
+    loaded = ItemIndex.load(tmp_path / "ix")
+    np.testing.assert_allclose(loaded.vectors(live), held(index), rtol=1e-6, atol=1e-6)
+    index.rebuild()
+    np.testing.assert_allclose(index.vectors(live), held(index), rtol=1e-6, atol=1e-6)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from freshrec.state.checkpoint import CheckpointError, CheckpointInfo, CheckpointStore
+from freshrec.state.checkpoint import BackgroundCheckpoint, CheckpointError, CheckpointInfo, CheckpointStore
 
 OFFSETS = {"events": {0: 10, 1: 7}, "catalogue": {0: 3}}
 
@@ -280,3 +280,45 @@ def test_info_is_frozen(tmp_path):
     assert isinstance(info, CheckpointInfo)
     with pytest.raises(AttributeError):
         info.version = 7  # type: ignore[misc]
+
+
+def test_background_checkpoint_saves_the_state_as_it_was_at_start_while_the_parent_goes_on(tmp_path):
+    store = CheckpointStore(tmp_path / "ck")
+    writer = BackgroundCheckpoint(store)
+    go = tmp_path / "go"
+    state = {"users": {"u1": 1}}
+
+    def slow_index(path: Path) -> None:  # runs in the child: waits until the parent has moved on
+        for _ in range(2000):
+            if go.exists():
+                break
+            import time
+            time.sleep(0.005)
+        path.write_bytes(b"index")
+
+    assert writer.start(lambda: state, {"t": {0: 5}}, {"m": 1}, {"index.bin": slow_index})
+    assert writer.poll() is None and writer.busy  # the parent is not blocked by the child's write
+    assert not writer.start(lambda: state, {"t": {0: 6}})  # one at a time
+    state["users"]["u2"] = 2  # changes after the fork are not in the checkpoint
+    go.touch()
+    info = writer.wait()
+    assert info is not None and info.version == 1 and info.offsets == {"t": {0: 5}} and info.meta == {"m": 1}
+    assert store.load(info) == {"users": {"u1": 1}}
+    assert (info.path / "index.bin").read_bytes() == b"index"
+    assert not writer.busy and writer.poll() is None
+
+
+def test_a_failing_background_checkpoint_is_reported_and_leaves_the_previous_one(tmp_path):
+    store = CheckpointStore(tmp_path / "ck")
+    store.save({"v": 1}, {"t": {0: 1}})
+    writer = BackgroundCheckpoint(store)
+
+    def broken() -> dict:
+        raise RuntimeError("cannot build the state")
+
+    assert writer.start(broken, {"t": {0: 2}})
+    with pytest.raises(CheckpointError, match="exited with 1"):
+        writer.wait()
+    assert store.latest().version == 1 and store.load(store.latest()) == {"v": 1}
+    assert writer.start(lambda: {"v": 2}, {"t": {0: 2}})  # the next one runs
+    assert writer.wait().version == 2

@@ -116,3 +116,17 @@ def test_trending_is_only_recomputed_when_something_changed():
     assert not p.due()  # nothing new: no rewrite of every trending key
     p.process_interactions([rec(1, click(1, item="b"))])
     assert p.due()
+
+
+def test_while_behind_a_flush_spends_the_smaller_budget_and_the_rest_waits():
+    clock = Clock()
+    p = Pipeline(Settings(model="learning", recompute_budget_ms=0, recompute_budget_behind_ms=1), clock=clock)
+    p.process_interactions([rec(i, click(i, user=f"u{i}", item=f"i{i % 30}")) for i in range(300)])
+    p.set_behind(True)
+    clock.t += 1000
+    behind = p.collect_updates()
+    assert 0 < behind.recs < 300 and len(p.pending_users) == 300 - behind.recs  # one chunk of 64, then the budget
+    p.set_behind(False)
+    clock.t += 1000
+    caught_up = p.collect_updates()
+    assert caught_up.recs == 300 - behind.recs and not p.pending_users  # no limit once caught up

@@ -124,6 +124,33 @@ def test_impressions_teach_the_click_model_once_their_click_window_has_passed():
     assert clicks.n_learned == learned0 + 3 and clicks.n_positive == pos0 + 1
 
 
+def test_while_behind_the_click_model_learns_a_sample_of_impressions_and_their_clicks_only():
+    feed = Feed(click_window_s=60.0, click_sample_behind=0.25)
+    _community(feed)
+    rec, clicks = feed.p.recommender, feed.p.recommender.clicks
+    feed.p.set_behind(True)
+    assert rec.click_sample == 0.25
+    learned0, pos0 = clicks.n_learned, clicks.n_positive
+    v0 = rec.mf.user_vector("u0")
+    for r in range(200):
+        feed.send("impression", user_id="u0", request_id=f"b{r}", item_ids=["i2", "i4", "i1"])
+        feed.send("click", user_id="u0", item_id="i4", request_id=f"b{r}", position=1)
+    sampled = len(rec.pending)
+    assert 25 <= sampled <= 80, sampled  # about a quarter of the 200 slates, by request id
+    assert len(rec.unsampled) == 200 - sampled
+    assert rec.counters["positives_retrieved"] + rec.counters["positives_not_retrieved"] == 0
+    assert not np.allclose(rec.mf.user_vector("u0"), v0)  # the MF model still learns every click
+    feed.p.set_behind(False)
+    assert rec.click_sample == 1.0
+    feed.send("impression", user_id="u0", request_id="caught-up", item_ids=["i2", "i4", "i1"])
+    assert "caught-up" in rec.pending  # caught up: every slate again
+    feed.now += 120_000
+    feed.send("dismiss", user_id="u5", item_id="i3")
+    feed.refresh()
+    assert clicks.n_learned == learned0 + 3 * (sampled + 1)  # the sampled slates, each item once
+    assert clicks.n_positive == pos0 + sampled  # and exactly their clicks
+
+
 def test_unknown_users_and_items_never_crash_and_get_a_list():
     feed = Feed()
     _community(feed)
@@ -228,7 +255,7 @@ def test_item_table_codes_grow_and_label_codes_follow_index_rebuilds():
     from freshrec.state.ann import ItemIndex
     from freshrec.state.ranking import ItemTable, LabelCodes
 
-    table = ItemTable(4, lambda item: (None, "c" if item.endswith("0") else None, item == "x1"), capacity=16)
+    table = ItemTable(4, lambda item: (None, "c" if item.endswith("0") else None, item == "x1", None), capacity=16)
     ids = [f"x{i}" for i in range(40)]  # past the initial capacity: arrays double
     codes = table.codes(ids)
     assert codes.tolist() == list(range(40)) and table.codes({"x3": 1, "new": 2}).tolist() == [3, 40]
