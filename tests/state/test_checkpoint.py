@@ -3,6 +3,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -292,7 +293,6 @@ def test_background_checkpoint_saves_the_state_as_it_was_at_start_while_the_pare
         for _ in range(2000):
             if go.exists():
                 break
-            import time
             time.sleep(0.005)
         path.write_bytes(b"index")
 
@@ -322,3 +322,52 @@ def test_a_failing_background_checkpoint_is_reported_and_leaves_the_previous_one
     assert store.latest().version == 1 and store.load(store.latest()) == {"v": 1}
     assert writer.start(lambda: {"v": 2}, {"t": {0: 2}})  # the next one runs
     assert writer.wait().version == 2
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            state = next(line for line in f if line.startswith("State:"))
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return " Z " not in state and "zombie" not in state
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc (PR_SET_PDEATHSIG)")
+def test_a_background_writer_dies_with_a_killed_worker_and_leaves_no_checkpoint(tmp_path):
+    """After kill -9 of the worker, its checkpoint child must not go on to write a version that a
+    restarted worker's own next checkpoint would race."""
+    pid_file = tmp_path / "child.pid"
+    script = textwrap.dedent(f"""
+        import os, time
+        from pathlib import Path
+        from freshrec.state.checkpoint import BackgroundCheckpoint, CheckpointStore
+
+        def slow(path):  # runs in the child
+            Path({str(pid_file)!r}).write_text(str(os.getpid()))
+            time.sleep(60)
+            path.write_bytes(b"late")
+
+        w = BackgroundCheckpoint(CheckpointStore({str(tmp_path / "ck")!r}))
+        w.start(lambda: {{"v": 1}}, {{"t": {{0: 1}}}}, files={{"x.bin": slow}})
+        time.sleep(120)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        for _ in range(400):
+            if pid_file.exists() and pid_file.read_text():
+                break
+            time.sleep(0.05)
+        child = int(pid_file.read_text())
+        assert _alive(child)
+        parent.kill()
+        parent.wait(10)
+        for _ in range(100):
+            if not _alive(child):
+                break
+            time.sleep(0.05)
+        assert not _alive(child), "the checkpoint child outlived its killed parent"
+        assert CheckpointStore(tmp_path / "ck").latest() is None
+    finally:
+        if parent.poll() is None:
+            parent.kill()
