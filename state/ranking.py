@@ -425,12 +425,16 @@ class LearningRecommender:
             self.counters["positives_not_retrieved"] += 1
             return
         self.counters["positives_retrieved"] += 1
-        pos_row = self.feature_matrix(self.context(user, user_row), [item], reference=reference)[0]
         negatives = [p for p, i in enumerate(items) if i != item]
         n_neg = self.settings.click_negatives
         if len(negatives) > n_neg:
             negatives = self.rng.choice(negatives, n_neg, replace=False).tolist()
-        self.clicks.learn_many(np.vstack([pos_row[None, :], X[negatives]]), [1] + [0] * len(negatives))
+        # the positive and its negatives featurised in the same context, the user's now: with the
+        # negatives' rows from publish time, the positive alone saw the user's events since then
+        # (its co-visitation with items engaged after the list was made), a train/serve skew
+        X_now = self.feature_matrix(self.context(user, user_row), [item] + [items[p] for p in negatives],
+                                    reference=reference)
+        self.clicks.learn_many(X_now, [1] + [0] * len(negatives))
         self.counters["click_model_examples"] += 1 + len(negatives)
 
     def forget_user(self, user_id: str) -> None:
