@@ -86,6 +86,8 @@ from typing import Callable, Collection, Iterable, Sequence
 import hnswlib
 import numpy as np
 
+from freshrec.state.arrays import grown
+
 META_VERSION = 1
 MAX_OVERFLOW = 64  # "ip": items over phi, scored beside the graph, before a rebuild is due
 SPACES = ("ip", "cosine")
@@ -226,11 +228,7 @@ class ItemIndex:
 
     def _remember(self, labels: np.ndarray, stored: np.ndarray) -> None:
         """Keep the first ``dim`` coordinates of what hnswlib now holds under ``labels``."""
-        need = int(labels.max()) + 1 if len(labels) else 0
-        if need > len(self._mirror):
-            grown = np.zeros((max(need, 2 * len(self._mirror)), self.dim), dtype=np.float32)
-            grown[: len(self._mirror)] = self._mirror
-            self._mirror = grown
+        self._mirror = grown(self._mirror, int(labels.max()) + 1 if len(labels) else 0)
         vecs = stored[:, : self.dim]
         if self.space == "cosine":  # hnswlib normalises on insert
             vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-30)

@@ -55,6 +55,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from freshrec.state.arrays import grown
+
 STATE_VERSION = 1
 NEGATIVE_SAMPLERS = ("popularity", "uniform", "lru")
 LOSSES = ("squared", "logistic")
@@ -64,17 +66,6 @@ def _stable_seed(seed: int, kind: str, key: str) -> int:
     """A 64-bit seed from ``(seed, kind, key)`` that is the same in every process (no ``hash``)."""
     digest = hashlib.blake2b(f"{seed}:{kind}:{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
-
-
-def _grown(arr: np.ndarray, need: int) -> np.ndarray:
-    """``arr`` with capacity (first axis) at least ``need``, doubling; the new rows are zero."""
-    cap = arr.shape[0]
-    if need <= cap:
-        return arr
-    new_cap = max(need, 2 * cap, 16)
-    out = np.zeros((new_cap,) + arr.shape[1:], dtype=arr.dtype)
-    out[:cap] = arr
-    return out
 
 
 class OnlineMF:
@@ -158,7 +149,7 @@ class OnlineMF:
         row = self._user_row.get(user_id)
         if row is None:
             row = len(self._user_ids)
-            self._U = _grown(self._U, row + 1)
+            self._U = grown(self._U, row + 1)
             self._U[row] = self._init_row("u", user_id)
             self._user_row[user_id] = row
             self._user_ids.append(user_id)
@@ -169,8 +160,8 @@ class OnlineMF:
         if row is None:
             row = len(self._item_ids)
             if row + 1 > self._V.shape[0]:
-                self._V = _grown(self._V, row + 1)
-                self._b = _grown(self._b, row + 1)
+                self._V = grown(self._V, row + 1)
+                self._b = grown(self._b, row + 1)
             self._V[row] = self._init_row("i", item_id)
             self._item_row[item_id] = row
             self._item_ids.append(item_id)

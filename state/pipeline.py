@@ -298,6 +298,11 @@ class Pipeline:
         if behind:
             self.counters["batches_behind"] += 1
 
+    def _budget_ms(self) -> int:
+        """A flush's time budget for lists (0: no limit), smaller while behind (see set_behind)."""
+        s = self.settings
+        return s.recompute_budget_behind_ms if self.behind else s.recompute_budget_ms
+
     # ------------------------------------------------------------------ publish
     def _trending_due(self, now: int) -> bool:
         return self.changed_since_trending and now - self.last_trending_ms >= self.settings.trending_interval_ms
@@ -325,7 +330,7 @@ class Pipeline:
         # ones about to read their list) get fresh lists, and a backlog of users whose events
         # are older waits until load drops. (Oldest-first was measured worse: after a 200k-event
         # backlog, new events queued behind 20k backlog users, freshness p50 7.8 s at 100 ev/s.)
-        budget_ms = s.recompute_budget_behind_ms if self.behind else s.recompute_budget_ms
+        budget_ms = self._budget_ms()
         budget_s = budget_ms / 1000.0 if budget_ms > 0 and not force else None
         t0 = time.perf_counter()
         done: list[str] = []
@@ -450,7 +455,7 @@ class Pipeline:
         # a share of the per-flush budget of user lists (item-to-item lists change slowly and
         # were measured taking 100 ms of every flush after a burst of clicks on many items):
         # under overload, the rest waits for the next refresh
-        budget_ms = self.settings.recompute_budget_behind_ms if self.behind else self.settings.recompute_budget_ms
+        budget_ms = self._budget_ms()
         budget_s = SIMILAR_BUDGET_SHARE * budget_ms / 1000.0 if budget_ms > 0 else None
         t0 = time.perf_counter()
         done: list[str] = []

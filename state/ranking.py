@@ -11,7 +11,8 @@ Every interaction teaches three models as it arrives (:meth:`LearningRecommender
   passed; each is then learned once, labelled by whether a click with the same ``request_id``
   named it. A positive without an impression (a ratings log) is learned against the candidates
   of the list the worker last published for the user, when the engaged item was among them: it
-  is a 1 and a few candidates drawn at random from that candidate set are 0s. Positives the first
+  is a 1 and a few candidates drawn at random from that candidate set are 0s, all featurised in
+  the user's context at that moment (a train/serve skew otherwise). Positives the first
   stage did not retrieve are not learned by the ranker (their features are atypically low, and
   learning them turned every weight negative, measured). Measured alternatives on MovieLens 100K
   (HitRate@10, same protocol as ``freshrec eval``): random candidate negatives 0.190; half of them
@@ -288,9 +289,9 @@ class LearningRecommender:
         # expected update); clicks and every other event are learned as always.
         self.click_sample = 1.0
         self.unsampled: OrderedDict[str, None] = OrderedDict()  # request ids left out of the sample
-        # user -> (candidate ids, sampled candidate ids, their features, sorted MF and co-visitation
-        # scores of all candidates) of the last published list
-        self.published: OrderedDict[str, tuple[frozenset, list[str], np.ndarray, tuple]] = OrderedDict()
+        # user -> (candidate ids, sampled candidate ids, sorted MF and co-visitation scores of all
+        # candidates) of the last published list; the negatives are featurised when learned
+        self.published: OrderedDict[str, tuple[frozenset, list[str], tuple]] = OrderedDict()
         self.fresh: OrderedDict[str, int] = OrderedDict()  # item -> upsert event time, newest last
         self.rng = np.random.default_rng(s.seed)
         self._trend_rank: dict[str, float] = {}
@@ -418,7 +419,7 @@ class LearningRecommender:
         shown = self.published.get(user)
         if shown is None:
             return
-        candidates, items, X, reference = shown
+        candidates, items, reference = shown
         if item not in candidates:
             # learning a positive the first stage did not retrieve would teach the ranker that
             # low feature values mean engagement (measured: the weights turn negative)
@@ -766,8 +767,8 @@ class LearningRecommender:
 
     def rank(self, user_id: str, user_row: dict | None, k: int,
              remember: bool = False) -> list[tuple[str, float]]:
-        """The user's top ``k`` ``(item_id, click probability)``; ``remember`` keeps the list and its
-        features as the user's last published list (hard negatives for the click model)."""
+        """The user's top ``k`` ``(item_id, click probability)``; ``remember`` keeps the list's
+        candidates as the user's last published list (negatives for the click model)."""
         return self.rank_many([(user_id, user_row)], k, remember)[0]
 
     def rank_many(self, users: Sequence[tuple[str, dict | None]], k: int,
@@ -834,7 +835,6 @@ class LearningRecommender:
             sample = self.rng.choice(len(items), min(len(items), CANDIDATE_SAMPLE), replace=False)
             ref = self.reference(X)
             self.published[ctx.user_id] = (frozenset(ids), items[sample].tolist(),
-                                           X[sample].astype(np.float32),
                                            (ref[0].astype(np.float32), ref[1].astype(np.float32)))
             self.published.move_to_end(ctx.user_id)
             while len(self.published) > PUBLISHED_KEEP:
@@ -891,7 +891,8 @@ class LearningRecommender:
         self._new_table()
         self.clicks = state["clicks"]
         self.pending = state["pending"]
-        self.published = state["published"]
+        # checkpoints before the negatives were featurised at learning time held their rows too
+        self.published = OrderedDict((u, (v[0], v[1], v[-1])) for u, v in state["published"].items())
         self.fresh = state["fresh"]
         self.rng.bit_generator.state = state["rng"]
         self.counters = Counter(state["counters"])

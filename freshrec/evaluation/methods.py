@@ -36,6 +36,7 @@ import orjson
 
 from freshrec.settings import Settings, load_settings
 from freshrec.state import popularity as pop
+from freshrec.state.arrays import grown
 from freshrec.state.features import ENGAGEMENTS
 from freshrec.state.pipeline import Pipeline, Record, wall_ms
 from freshrec.state.popularity import ItemStats
@@ -100,16 +101,6 @@ class ItemIndex:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-
-def _grown(arr: np.ndarray, n: int, fill: float = 0.0) -> np.ndarray:
-    """``arr`` with room for at least ``n`` rows (capacity doubles; new rows = ``fill``)."""
-    if n <= arr.shape[0]:
-        return arr
-    cap = max(n, 2 * arr.shape[0], 64)
-    out = np.full((cap, *arr.shape[1:]), fill, dtype=arr.dtype)
-    out[: arr.shape[0]] = arr
-    return out
 
 
 def top_k_indices(scores: np.ndarray, k: int, exclude: Sequence[int] = ()) -> list[int]:
@@ -296,7 +287,7 @@ class PopularityMethod:
             row = self.stats.get(item)
             if row and row.get("pop"):
                 idx = self.index.add(item)
-                self.key = _grown(self.key, idx + 1, -np.inf)
+                self.key = grown(self.key, idx + 1, -np.inf, minimum=64)
                 self.key[idx] = math.log2(row["pop"]) + row["t0"] / self.half_life_ms
 
     def recommend_one(self, user_id: str, k: int, exclude: AbstractSet[str]) -> list[str]:
@@ -338,7 +329,7 @@ class CoVisitationMethod:
     def _add_item(self, item: str) -> int:
         idx = self.index.add(item)
         n = idx + 1
-        self.counts = _grown(self.counts, n)
+        self.counts = grown(self.counts, n, minimum=64)
         if self.rows is None and n > self.co.shape[0]:
             if n > self.max_dense_items:  # switch to sparse rows
                 co = self.co
@@ -445,7 +436,7 @@ class FunkMFMethod:
         idx = self.index.add(item)
         latents = self.model.i_latents
         if idx >= self.q.shape[0]:
-            self.q = _grown(self.q, idx + 1)
+            self.q = grown(self.q, idx + 1, minimum=64)
             for other, j in self.index.pos.items():  # re-point the views at the new matrix
                 if j < idx:
                     latents[other] = self.q[j]
@@ -567,8 +558,8 @@ class ItemCTRMethod:
 
     def _idx(self, item: str) -> int:
         idx = self.index.add(item)
-        self.clicks = _grown(self.clicks, idx + 1)
-        self.shown = _grown(self.shown, idx + 1)
+        self.clicks = grown(self.clicks, idx + 1, minimum=64)
+        self.shown = grown(self.shown, idx + 1, minimum=64)
         return idx
 
     def learn_one(self, event: dict) -> None:
