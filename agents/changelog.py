@@ -41,6 +41,7 @@ class ChangelogWriter:
             "message.max.bytes": 8 * 1024 * 1024,
         })
         self.errors: list[str] = []
+        self._table_of_topic: dict[str, str] | None = None  # changelog topic -> table name
         self.rows_written = 0
 
     def mark(self, table: str, rows: Mapping[str, int]) -> None:
@@ -48,9 +49,16 @@ class ChangelogWriter:
         if rows:
             self.dirty[table].update(rows)
 
-    def _on_delivery(self, err: Any, _msg: Any) -> None:
+    def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
             self.errors.append(str(err))
+            # the row is dirty again: the next flush writes its current value, so a commit after
+            # this failed one cannot pass events whose row never reached the changelog
+            if self._table_of_topic is None:
+                self._table_of_topic = {t.changelog_topic.get_topic_name(): n for n, t in self.tables.items()}
+            name = self._table_of_topic.get(msg.topic())
+            if name is not None and msg.key() is not None:
+                self.dirty[name].setdefault(orjson.loads(msg.key()), msg.partition())
 
     def write_dirty(self) -> int:
         """Serialise and enqueue every dirty row now (a consistent snapshot); returns the count."""

@@ -136,6 +136,8 @@ class EventProducer:
         if remaining and exc_type is None:
             raise RuntimeError(f"{remaining} messages still undelivered after 30s "
                                f"(is Kafka reachable at {self.settings.kafka_brokers}?)")
+        if self.failed and exc_type is None:
+            raise RuntimeError(f"{self.failed} of {self.sent} messages were refused by Kafka: {dict(self.errors)}")
 
     def stats(self) -> dict[str, Any]:
         return {"sent": self.sent, "delivered": self.delivered, "failed": self.failed,

@@ -79,6 +79,8 @@ def test_a_random_canary_is_rolled_back_by_its_ctr_then_a_good_one_is_promoted_l
     rb = next(r for r in audit if r["action"] == "rollback")
     assert rb["actor"] == "guardrail" and "CTR" in rb["reason"] and rb["revision"] == cfg.revision
     assert rb["arms"]["challenger"]["impressions"] < 6000  # rolled back within a bounded exposure
+    print(f"\nrollback after {rb['arms']['challenger']['impressions']} challenger shown items "
+          f"({summary['sessions']} sessions): {rb['reason']}; CTR the users saw {seen_ctr}")
     wait_for(lambda: not [d for d in _docs(redis_client, s) if d["arm"] == "challenger"], 30,
              "every canary user back on champion lists", worker)
     text = _metrics(port)
@@ -131,6 +133,9 @@ def test_a_shadow_model_is_scored_but_never_served(live, redis_client):
     ch = st["worker"]["rollout"]["arms"]["challenger"]
     assert ch["model"] == "quiet-v1" and ch["mode"] == "shadow" and ch["impressions"] == 0
     assert ch["hitrate"] is not None
+    champ = st["worker"]["rollout"]["arms"]["champion"]
+    print(f"\nshadow quiet-v1: {ch['lists']} lists, HitRate@10 {ch['hitrate']} over {ch['hit_tests']} tests "
+          f"(champion {champ.get('hitrate')}), 0 served")
     assert _sample(_metrics(port), "freshrec_arm_hitrate_at_10", arm="challenger", model="quiet-v1") is not None
     _cli(s, "rollout", "rollback", "--reason", "shadow run finished")
     wait_for(lambda: "challenger" not in ((gather(s)["worker"] or {}).get("rollout") or {}).get("arms", {"challenger": 1}),
@@ -167,4 +172,5 @@ def test_drift_spikes_when_the_replayed_data_set_switches_mid_stream(worker, wor
         return [v for _, v in d["recent"][-new:]] if new > 0 else None
 
     after = wait_for(shifted, 60, "drift windows after the data set switch", worker)
+    print(f"\ndrift PSI, last 5 windows before the switch {before}, windows after it {after}")
     assert len(before) == 5 and max(after) > 1.0 and max(after) > 3 * before[2], (drift["recent"], after)

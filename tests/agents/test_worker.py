@@ -114,6 +114,42 @@ def _changelog_item_counts(settings, timeout_s: float = 30.0) -> Counter:
     return counts
 
 
+def _read_all(brokers: str, topic: str, timeout_s: float = 30.0) -> list:
+    """Every record of ``topic`` as (partition, offset, key, value), read from the start."""
+    consumer = Consumer({"bootstrap.servers": brokers, "group.id": f"diag-{time.time_ns()}",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    meta = consumer.list_topics(topic, timeout=10).topics[topic]
+    ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions}
+    consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+    out, done = [], {p for p, end in ends.items() if end == 0}
+    deadline = time.monotonic() + timeout_s
+    while len(done) < len(ends) and time.monotonic() < deadline:
+        for msg in consumer.consume(1000, timeout=1.0):
+            if msg.error():
+                continue
+            out.append((msg.partition(), msg.offset(), msg.key(), msg.value()))
+            if msg.offset() + 1 >= ends[msg.partition()]:
+                done.add(msg.partition())
+    consumer.close()
+    return out
+
+
+def _diagnose(settings, items: set[str], worker) -> str:
+    """On a count mismatch: the items' events in the input and their rows' changelog history."""
+    lines = []
+    for p, off, _key, value in sorted(_read_all(settings.kafka_brokers, settings.interactions_topic)):
+        e = orjson.loads(value)
+        if e.get("item_id") in items:
+            lines.append(f"input p{p}@{off} {e['event_id']} user={e['user_id']}")
+    for p, off, key, value in _read_all(settings.kafka_brokers, f"{settings.app_id}-items-changelog"):
+        k = orjson.loads(key)
+        if k.split(":", 1)[1] in items:
+            row = orjson.loads(value) if value else None
+            lines.append(f"changelog p{p}@{off} {k} wm={row and row.get('wm')} c={row and row.get('c')}")
+    log = [ln for ln in worker.tail(100000).splitlines() if "WARN" in ln or "ERROR" in ln or "generation" in ln]
+    return "\n".join(lines[:200] + ["worker log:"] + log[-60:])
+
+
 def test_kill_9_mid_replay_then_restart_counts_every_event_exactly_once(faust_worker, worker_settings):
     from freshrec.streams.datasets import load_dataset
 
@@ -149,4 +185,5 @@ def test_kill_9_mid_replay_then_restart_counts_every_event_exactly_once(faust_wo
         time.sleep(2.0)
     missing, extra = expected - counts, counts - expected
     assert counts == expected, f"missing {sum(missing.values())} (e.g. {list(missing.items())[:3]}), " \
-                               f"extra {sum(extra.values())} (e.g. {list(extra.items())[:3]})"
+                               f"extra {sum(extra.values())} (e.g. {list(extra.items())[:3]})\n" \
+                               + _diagnose(s, {item for item, _ in list(missing) + list(extra)}, worker)
