@@ -135,19 +135,42 @@ def _read_all(brokers: str, topic: str, timeout_s: float = 30.0) -> list:
 
 
 def _diagnose(settings, items: set[str], worker) -> str:
-    """On a count mismatch: the items' events in the input and their rows' changelog history."""
-    lines = []
+    """On a count mismatch, for two of the items: their events in the input (and whether resent),
+    their rows' changelog history, the users' last changelog rows, the group's committed offsets."""
+    from freshrec.streams.lag import consumer_lag
+
+    items = set(sorted(items)[:2])
+    lines, users, seen_ids = [], {}, {}
     for p, off, _key, value in sorted(_read_all(settings.kafka_brokers, settings.interactions_topic)):
         e = orjson.loads(value)
+        seen_ids.setdefault(e["event_id"], []).append(off)
         if e.get("item_id") in items:
-            lines.append(f"input p{p}@{off} {e['event_id']} user={e['user_id']}")
+            users[e["user_id"]] = p
+            lines.append(f"input p{p}@{off} {e['event_id']} user={e['user_id']} item={e['item_id']}")
+    lines = [ln + (" RESENT" if len(seen_ids[ln.split()[2]]) > 1 else "") for ln in lines]
     for p, off, key, value in _read_all(settings.kafka_brokers, f"{settings.app_id}-items-changelog"):
         k = orjson.loads(key)
         if k.split(":", 1)[1] in items:
             row = orjson.loads(value) if value else None
-            lines.append(f"changelog p{p}@{off} {k} wm={row and row.get('wm')} c={row and row.get('c')}")
-    log = [ln for ln in worker.tail(100000).splitlines() if "WARN" in ln or "ERROR" in ln or "generation" in ln]
-    return "\n".join(lines[:200] + ["worker log:"] + log[-60:])
+            lines.append(f"items-changelog p{p}@{off} {k} wm={row and row.get('wm')} c={row and row.get('c')}")
+    wanted = {ln.split()[2] for ln in lines if ln.startswith("input")}
+    for p, off, key, value in _read_all(settings.kafka_brokers, f"{settings.app_id}-users-changelog"):
+        u = orjson.loads(key)
+        if u in users:
+            row = orjson.loads(value) if value else {}
+            ids = {i: o for i, o in (row.get("ids") or {}).items() if i in wanted}
+            lines.append(f"users-changelog p{p}@{off} {u} wm={row.get('wm')} ids={ids}")
+    lines += [f"committed {pl.partition}: {pl.committed} / end {pl.end}"
+              for pl in consumer_lag(settings.kafka_brokers, settings.app_id, settings.interactions_topic)]
+    log = [ln for ln in worker.tail(100000).splitlines() if "WARN" in ln or "ERROR" in ln or "stats" in ln]
+    return "\n".join(lines[:400] + ["worker log:"] + log[-12:])
+
+
+def _diagnose_safely(settings, items: set[str], worker) -> str:
+    try:
+        return _diagnose(settings, items, worker)
+    except Exception as exc:  # noqa: BLE001 - the assertion above is what must be reported
+        return f"(diagnosis failed: {exc!r})"
 
 
 def test_kill_9_mid_replay_then_restart_counts_every_event_exactly_once(faust_worker, worker_settings):
@@ -186,4 +209,4 @@ def test_kill_9_mid_replay_then_restart_counts_every_event_exactly_once(faust_wo
     missing, extra = expected - counts, counts - expected
     assert counts == expected, f"missing {sum(missing.values())} (e.g. {list(missing.items())[:3]}), " \
                                f"extra {sum(extra.values())} (e.g. {list(extra.items())[:3]})\n" \
-                               + _diagnose(s, {item for item, _ in list(missing) + list(extra)}, worker)
+                               + _diagnose_safely(s, {item for item, _ in list(missing) + list(extra)}, worker)
