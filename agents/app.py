@@ -139,9 +139,24 @@ def create_app(settings: Settings) -> faust.App:
 
     batch_within = settings.batch_within_ms / 1000.0
 
+    last_offset: dict[tuple[str, int], int] = {}
+
+    def check_continuity(events: list) -> None:
+        """Log any hole or step back in a partition's offsets as the agent receives them: on a
+        topic written without transactions either means Faust skipped or re-ordered events (the
+        kill -9 count test of this engine loses a few events now and then, cause not found yet)."""
+        for e in events:
+            m = e.message
+            key = (m.topic, m.partition)
+            prev = last_offset.get(key)
+            if prev is not None and m.offset != prev + 1:
+                log.warning("offset continuity: %s[%d] offset %d after %d", m.topic, m.partition, m.offset, prev)
+            last_offset[key] = m.offset if prev is None else max(prev, m.offset)
+
     @app.agent(interactions, name="interactions")
     async def process_interactions(stream: faust.StreamT) -> None:
         async for events in stream.take_events(settings.batch_max, within=batch_within):
+            check_continuity(events)
             rt = runtime()
             result = rt.pipeline.process_interactions(_records(events))
             changelog.mark("users", result.dirty.users)
