@@ -87,33 +87,6 @@ def test_bad_events_are_dead_lettered_with_reasons_and_good_ones_around_them_pro
     assert worker.procs[-1].poll() is None  # still running
 
 
-def _changelog_item_counts(settings, timeout_s: float = 30.0) -> Counter:
-    """Per-item counts as persisted in the worker's items changelog (latest row per key)."""
-    topic = f"{settings.app_id}-items-changelog"
-    consumer = Consumer({"bootstrap.servers": settings.kafka_brokers, "group.id": f"check-{time.time_ns()}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-    meta = consumer.list_topics(topic, timeout=10).topics[topic]
-    ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions}
-    consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
-    latest: dict[str, dict] = {}
-    done = {p for p, end in ends.items() if end == 0}
-    deadline = time.monotonic() + timeout_s
-    while len(done) < len(ends) and time.monotonic() < deadline:
-        for msg in consumer.consume(1000, timeout=1.0):
-            if msg.error():
-                continue
-            latest[orjson.loads(msg.key())] = orjson.loads(msg.value()) if msg.value() else None
-            if msg.offset() + 1 >= ends[msg.partition()]:
-                done.add(msg.partition())
-    consumer.close()
-    counts: Counter = Counter()
-    for key, row in latest.items():
-        item = key.split(":", 1)[1]
-        for etype, n in (row or {}).get("c", {}).items():
-            counts[(item, etype)] += n
-    return counts
-
-
 def _read_all(brokers: str, topic: str, timeout_s: float = 30.0) -> list:
     """Every record of ``topic`` as (partition, offset, key, value), read from the start."""
     consumer = Consumer({"bootstrap.servers": brokers, "group.id": f"diag-{time.time_ns()}",
@@ -134,26 +107,38 @@ def _read_all(brokers: str, topic: str, timeout_s: float = 30.0) -> list:
     return out
 
 
+def _changelog_item_counts(settings, timeout_s: float = 30.0) -> Counter:
+    """Per-item counts as persisted in the worker's items changelog (latest row per key)."""
+    latest: dict[str, dict] = {}
+    for _p, _off, key, value in _read_all(settings.kafka_brokers, f"{settings.app_id}-items-changelog", timeout_s):
+        latest[orjson.loads(key)] = orjson.loads(value) if value else None
+    counts: Counter = Counter()
+    for key, row in latest.items():
+        item = key.split(":", 1)[1]
+        for etype, n in (row or {}).get("c", {}).items():
+            counts[(item, etype)] += n
+    return counts
+
+
 def _diagnose(settings, items: set[str], worker) -> str:
     """On a count mismatch, for two of the items: their events in the input (and whether resent),
     their rows' changelog history, the users' last changelog rows, the group's committed offsets."""
     from freshrec.streams.lag import consumer_lag
 
     items = set(sorted(items)[:2])
-    lines, users, seen_ids = [], {}, {}
-    for p, off, _key, value in sorted(_read_all(settings.kafka_brokers, settings.interactions_topic)):
-        e = orjson.loads(value)
-        seen_ids.setdefault(e["event_id"], []).append(off)
-        if e.get("item_id") in items:
-            users[e["user_id"]] = p
-            lines.append(f"input p{p}@{off} {e['event_id']} user={e['user_id']} item={e['item_id']}")
-    lines = [ln + (" RESENT" if len(seen_ids[ln.split()[2]]) > 1 else "") for ln in lines]
+    inputs = [(p, off, orjson.loads(value)) for p, off, _key, value
+              in sorted(_read_all(settings.kafka_brokers, settings.interactions_topic))]
+    copies = Counter(e["event_id"] for _, _, e in inputs)
+    mine = [(p, off, e) for p, off, e in inputs if e.get("item_id") in items]
+    users = {e["user_id"] for _, _, e in mine}
+    wanted = {e["event_id"] for _, _, e in mine}
+    lines = [f"input p{p}@{off} {e['event_id']} user={e['user_id']} item={e['item_id']}"
+             + (" RESENT" if copies[e["event_id"]] > 1 else "") for p, off, e in mine]
     for p, off, key, value in _read_all(settings.kafka_brokers, f"{settings.app_id}-items-changelog"):
         k = orjson.loads(key)
         if k.split(":", 1)[1] in items:
             row = orjson.loads(value) if value else None
             lines.append(f"items-changelog p{p}@{off} {k} wm={row and row.get('wm')} c={row and row.get('c')}")
-    wanted = {ln.split()[2] for ln in lines if ln.startswith("input")}
     for p, off, key, value in _read_all(settings.kafka_brokers, f"{settings.app_id}-users-changelog"):
         u = orjson.loads(key)
         if u in users:
@@ -162,8 +147,9 @@ def _diagnose(settings, items: set[str], worker) -> str:
             lines.append(f"users-changelog p{p}@{off} {u} wm={row.get('wm')} ids={ids}")
     lines += [f"committed {pl.partition}: {pl.committed} / end {pl.end}"
               for pl in consumer_lag(settings.kafka_brokers, settings.app_id, settings.interactions_topic)]
-    log = [ln for ln in worker.tail(100000).splitlines() if "WARN" in ln or "ERROR" in ln or "stats" in ln]
-    return "\n".join(lines[:400] + ["worker log:"] + log[-12:])
+    log = worker.tail(100000).splitlines()
+    warnings = [ln for ln in log if "WARN" in ln or "ERROR" in ln][-20:]
+    return "\n".join(lines[:400] + ["worker log:"] + warnings + [ln for ln in log if "stats" in ln][-1:])
 
 
 def _diagnose_safely(settings, items: set[str], worker) -> str:
