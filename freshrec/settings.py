@@ -102,6 +102,7 @@ class Settings:
     diversity_max_share: float = 0.7  # at most this share of a list from one category (1 = no cap)
     index_refresh_ms: int = 1000  # dirty item vectors re-indexed in one batch per interval
     index_batch_max: int = 500  # at most this many items re-indexed per refresh (most changed first)
+    index_batch_max_behind: int = 100  # the same while the worker is behind (the rest stay dirty, most-moved first)
     drift_window: int = 5000  # served feature rows per drift (PSI) window, see state/drift.py
     checkpoint_interval_s: float = 30.0  # stream engine: state + offsets checkpoint interval
     checkpoint_keep: int = 3  # checkpoints kept

@@ -66,6 +66,7 @@ class CoVisitation:
         self.rows: dict[str, dict] = {}
         self._top: dict[str, list[tuple[str, float]]] = {}  # normalised top lists, cached
         self._stale: set[str] = set()  # items whose cached list is older than their row
+        self._maps: dict[str, tuple[int, dict[str, float]]] = {}  # neighbour_map cache: (n, {item: weight})
 
     def add(self, item: str, pairs: list[tuple[str, float]], ts: int) -> None:
         """Add one event's ``(neighbour, weight)`` pairs to ``item``'s row."""
@@ -81,6 +82,7 @@ class CoVisitation:
             row = self.rows[item] = new_covis_row()
         merge_row(row, part, self.half_life_ms)
         self._top.pop(item, None)
+        self._maps.pop(item, None)
 
     def expire_cache(self) -> None:
         """Drop cached lists of items that changed since they were cached.
@@ -91,6 +93,7 @@ class CoVisitation:
         """
         for item in self._stale:
             self._top.pop(item, None)
+            self._maps.pop(item, None)
         self._stale.clear()
 
     def neighbours(self, item: str, n: int = 50) -> list[tuple[str, float]]:
@@ -110,7 +113,17 @@ class CoVisitation:
         total = sum(w for _, w in top) or 1.0
         cached = [(k, w / total) for k, w in top]
         self._top[item] = cached
+        self._maps.pop(item, None)  # made from the list this one replaces
         return cached[:n]
+
+    def neighbour_map(self, item: str, n: int = 50) -> dict[str, float]:
+        """:meth:`neighbours` as a dict (cached with the list), to look a few items up in it."""
+        cached = self._maps.get(item)
+        if cached is not None and cached[0] == n:
+            return cached[1]
+        weights = dict(self.neighbours(item, n))
+        self._maps[item] = (n, weights)
+        return weights
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -17,6 +17,7 @@ import os
 import tempfile
 import time
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, MutableMapping
 
@@ -71,6 +72,7 @@ class BatchResult:
 
 log = logging.getLogger("freshrec.pipeline")
 PUBLISH_CHUNK = 64  # users ranked per batch (publish_many); the time budget is checked between batches
+MIN_PUBLISH_CHUNK = 4  # the smallest batch when a time budget sets its size (Pipeline._chunk)
 SIMILAR_BUDGET_SHARE = 0.25  # similar:{item} lists get this share of a flush's time budget
 
 
@@ -115,6 +117,7 @@ class Pipeline:
         self.changed_since_trending = True  # anything applied since trending was last computed
         self.counters: Counter[str] = Counter()
         self.behind = False  # set by the worker per consume batch (set_behind)
+        self._list_cost_s: float | None = None  # moving average of the seconds one list takes
 
     def _build(self, spec: ModelSpec, warm_from: object | None) -> object:
         """The recommender of a model spec. A learning challenger starts from a copy of a learning
@@ -225,9 +228,18 @@ class Pipeline:
         """Validate and apply a batch from the interactions topic (any mix of partitions)."""
         result = BatchResult()
         now = self.clock()
+        learning = [r for r in self.rollout.learners() if isinstance(r, LearningRecommender)]
+        learners = [r.learn_event for r in learning]
+        with ExitStack() as batch:  # the batch's MF steps are applied together at its end
+            for rec in learning:
+                batch.enter_context(rec.mf.deferred())
+            self._apply_interactions(records, learners, now, result)
+        return result
+
+    def _apply_interactions(self, records: Iterable[Record], learners: list[Callable[[dict, dict | None], None]],
+                            now: int, result: BatchResult) -> None:
         features = self.features
         apply = features.apply
-        learners = [r.learn_event for r in self.rollout.learners() if isinstance(r, LearningRecommender)]
         observe = self.rollout.observe
         for record in records:
             event = self._decode(record, INTERACTION_TYPES, now, result)
@@ -259,7 +271,6 @@ class Pipeline:
                 self.republish_only.discard(user_id)
                 if event["type"] != "impression":
                     self.pending_similar.add(event["item_id"])
-        return result
 
     def process_catalogue(self, records: Iterable[Record]) -> BatchResult:
         """Validate and apply a batch from the catalogue topic."""
@@ -286,7 +297,8 @@ class Pipeline:
         behind, the click model learns from ``click_sample_behind`` of the impressions, chosen by
         request id (and the MF model learns the sampled slates' negatives at weight / share);
         counts, clicks and every other event are learned as always (load shedding of the
-        costliest learning step, see ``LearningRecommender.click_sample``). Lists get
+        costliest learning step, see ``LearningRecommender.click_sample``), and an index refresh
+        re-indexes at most ``index_batch_max_behind`` items (most-moved first). Lists get
         ``recompute_budget_behind_ms`` per flush instead of ``recompute_budget_ms``: a list made
         while the user's later events still wait in the backlog is made again once they are
         applied, so catching up first gives fresher lists sooner."""
@@ -295,6 +307,7 @@ class Pipeline:
         for rec in self.rollout.learners():
             if isinstance(rec, LearningRecommender):
                 rec.click_sample = share
+                rec.behind = behind
         if behind:
             self.counters["batches_behind"] += 1
 
@@ -335,8 +348,10 @@ class Pipeline:
         t0 = time.perf_counter()
         done: list[str] = []
         pending = list(reversed(self.pending_users))
-        for start in range(0, len(pending), PUBLISH_CHUNK):  # ranked in batches (state/ranking.py)
-            rows = [(user_id, users.user(user_id)) for user_id in pending[start:start + PUBLISH_CHUNK]]
+        chunk = self._chunk(budget_s)
+        for start in range(0, len(pending), chunk):  # ranked in batches (state/ranking.py)
+            t_chunk = time.perf_counter()
+            rows = [(user_id, users.user(user_id)) for user_id in pending[start:start + chunk]]
             event_ts = [row["last_ts"] if row else 0 for _, row in rows]
             # a list republished for a rollout change reflects no new event: no freshness sample
             fresh = [None if u in self.republish_only else now - ts for (u, _), ts in zip(rows, event_ts)]
@@ -348,7 +363,10 @@ class Pipeline:
                 if fresh_ms is not None:
                     updates.freshness_ms.append(fresh_ms)
                 done.append(user_id)
-            if budget_s is not None and time.perf_counter() - t0 >= budget_s:
+            t_end = time.perf_counter()
+            per_list = (t_end - t_chunk) / len(rows)
+            self._list_cost_s = per_list if self._list_cost_s is None else 0.8 * self._list_cost_s + 0.2 * per_list
+            if budget_s is not None and t_end - t0 >= budget_s:
                 break
         updates.recs = len(done)
         updates.users = [*done, *self.deleted_users]
@@ -367,6 +385,14 @@ class Pipeline:
         if breach is not None:
             self.rollback(breach, actor="guardrail")
         return updates
+
+    def _chunk(self, budget_s: float | None) -> int:
+        """Users ranked per batch: PUBLISH_CHUNK, or as many as fit in a flush's time budget at
+        the measured cost per list (at least MIN_PUBLISH_CHUNK). The budget is checked between
+        batches, so a fixed 64 made a 25 ms budget (behind the stream) take ~150 ms."""
+        if budget_s is None or self._list_cost_s is None:
+            return PUBLISH_CHUNK
+        return max(MIN_PUBLISH_CHUNK, min(PUBLISH_CHUNK, int(budget_s / max(self._list_cost_s, 1e-6))))
 
     def _rank_chunk(self, rows: list[tuple[str, dict | None]],
                     fresh: list[int | None]) -> list[tuple[str, list]]:

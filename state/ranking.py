@@ -74,7 +74,7 @@ from freshrec.state.content import ContentIndex
 from freshrec.state.embeddings import OnlineMF
 from freshrec.state.online_metrics import OnlineClickMetrics
 from freshrec.state.features import FeatureStore
-from freshrec.state.recommender import covis_scores
+from freshrec.state.recommender import covis_scores, covis_scores_of
 from freshrec.state.trending import Trending
 from freshrec.state.users import recent_items
 
@@ -286,8 +286,10 @@ class LearningRecommender:
         # largest per-event cost of learning, and the click model needs far fewer examples than a
         # backlog holds. Chosen by request id, so a slate's clicks follow their impression. The
         # MF model learns the sampled slates' negatives with weight / click_sample (the same
-        # expected update); clicks and every other event are learned as always.
+        # expected update: ordering every slate's steps on hot items cost more than it saves,
+        # see OnlineMF.deferred); clicks and every other event are learned as always.
         self.click_sample = 1.0
+        self.behind = False  # the pipeline sets it with click_sample: re-index fewer items per refresh
         self.unsampled: OrderedDict[str, None] = OrderedDict()  # request ids left out of the sample
         # user -> (candidate ids, sampled candidate ids, sorted MF and co-visitation scores of all
         # candidates) of the last published list; the negatives are featurised when learned
@@ -320,11 +322,13 @@ class LearningRecommender:
         return ItemIndex(self.mf.index_dim, num_threads=2, max_stale_ratio=3.0)
 
     def _refresher(self) -> IndexRefresher:
+        s = self.settings
         # min_drift 0.2: sampled negatives nudge nearly every item a little; re-indexing only the
         # items that moved 20% cut upserts per event from 0.85 to 0.34 on MovieLens 100K at the
         # same HitRate@10 (state/ann.py), and ranking uses exact MF scores anyway
         return IndexRefresher(self.mf, self.index, keep=lambda i: not self.catalogue.is_deleted(i),
-                              max_batch=self.settings.index_batch_max, min_drift=0.2)
+                              max_batch=s.index_batch_max_behind if self.behind else s.index_batch_max,
+                              min_drift=0.2)
 
     # ------------------------------------------------------------------ learning
     def _weight(self, event: dict) -> float:
@@ -382,7 +386,7 @@ class LearningRecommender:
                 self.unsampled.popitem(last=False)
             self.counters["impressions_unsampled"] += 1
             return
-        ctx = self.context(user, user_row)
+        ctx = self.context(user, user_row, only=items)
         X = self.feature_matrix(ctx, items, positions=[event["item_ids"].index(i) for i in items])
         if rid in self.pending:  # a resent slate: learn the earlier one now
             self._finish(self.pending.pop(rid))
@@ -433,8 +437,8 @@ class LearningRecommender:
         # the positive and its negatives featurised in the same context, the user's now: with the
         # negatives' rows from publish time, the positive alone saw the user's events since then
         # (its co-visitation with items engaged after the list was made), a train/serve skew
-        X_now = self.feature_matrix(self.context(user, user_row), [item] + [items[p] for p in negatives],
-                                    reference=reference)
+        learned = [item] + [items[p] for p in negatives]
+        X_now = self.feature_matrix(self.context(user, user_row, only=learned), learned, reference=reference)
         self.clicks.learn_many(X_now, [1] + [0] * len(negatives))
         self.counters["click_model_examples"] += 1 + len(negatives)
 
@@ -516,7 +520,9 @@ class LearningRecommender:
         self._mf_labels = LabelCodes()
         self._content_labels = LabelCodes()
 
-    def context(self, user_id: str, user_row: dict | None) -> UserContext:
+    def context(self, user_id: str, user_row: dict | None, only: Sequence[str] | None = None) -> UserContext:
+        """The user's context for ranking; ``only``: the items it will featurise, when known (a
+        slate to learn from), so that co-visitation is scored for those items alone."""
         t = self.table
         recent = recent_items(user_row, RECENT_N)
         seen = user_row["seen"] if user_row and not user_row.get("deleted") else {}
@@ -539,8 +545,9 @@ class LearningRecommender:
         # a dict, as the baseline has it: users' co-visitation sets are small (tens of entries on
         # the synthetic stream), where a dict beats numpy's per-call overhead (measured again with
         # a numpy version: 42 vs 29 µs per context for 2 recent items, even at ~10)
-        return UserContext(user_id, seen, recent, covis_scores(self.covis, recent, NEIGHBOURS_N),
-                           categories, profile, recent_q)
+        covis = (covis_scores(self.covis, recent, NEIGHBOURS_N) if only is None
+                 else covis_scores_of(self.covis, recent, NEIGHBOURS_N, only))
+        return UserContext(user_id, seen, recent, covis, categories, profile, recent_q)
 
     def _fill_item_features(self, codes: np.ndarray) -> None:
         """Compute the item-level features of the codes whose values are not valid: (ctr logit,

@@ -9,6 +9,7 @@ learning recommender (River + HNSW + online ranker) has to beat.
 from __future__ import annotations
 
 import heapq
+from typing import Iterable
 
 from freshrec.state.catalogue import Catalogue
 from freshrec.state.covisitation import CoVisitation
@@ -27,6 +28,25 @@ def covis_scores(covis: CoVisitation, recent: list[str], neighbours_n: int) -> d
         w = 1.0 / (1 + rank)
         for neighbour, s in covis.neighbours(item, neighbours_n):
             scores[neighbour] = get(neighbour, 0.0) + w * s
+    return scores
+
+
+def covis_scores_of(covis: CoVisitation, recent: list[str], neighbours_n: int,
+                    items: Iterable[str]) -> dict[str, float]:
+    """:func:`covis_scores` of ``items`` only (the others left out), with the same sums: a slate
+    of ten items looks each up in ~20 neighbour maps instead of merging ~1000 neighbours."""
+    scores: dict[str, float] = {}
+    targets = list(dict.fromkeys(items))
+    get = scores.get
+    for rank, item in enumerate(recent):
+        weights = covis.neighbour_map(item, neighbours_n)
+        if not weights:
+            continue
+        w = 1.0 / (1 + rank)
+        for target in targets:
+            s = weights.get(target)
+            if s is not None:
+                scores[target] = get(target, 0.0) + w * s
     return scores
 
 

@@ -39,7 +39,7 @@ TUNABLE = frozenset({
     "mf_factors", "mf_lr", "weight_click", "weight_conversion", "weight_rating", "rating_positive_min",
     "weight_dismiss", "weight_impression", "click_window_s", "click_lr", "click_negatives",
     "ann_candidates", "content_candidates", "fresh_candidates", "explore_share", "explore_max_views",
-    "fresh_window_s", "diversity_max_share", "index_refresh_ms", "index_batch_max", "seed",
+    "fresh_window_s", "diversity_max_share", "index_refresh_ms", "index_batch_max", "index_batch_max_behind", "seed",
     "covis_window", "half_life_s", "covis_half_life_s",
 })
 HASH_BUCKETS = 10_000

@@ -199,3 +199,63 @@ def test_item_similarity_is_the_cosine_with_the_weighted_mean_of_the_anchor_item
     assert sims[1] == pytest.approx(float(va @ vb / (np.linalg.norm(va) * np.linalg.norm(vb))), abs=1e-5)
     assert sims[2] == 0.0
     assert not mf.item_similarity(["a"], anchors=["unknown"], weights=[1.0]).any()
+
+
+def _stream(model: OnlineMF, n: int, seed: int) -> None:
+    """A mix of every learn_* call, with hot users and items so steps share rows."""
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        user, item = f"u{rng.integers(6)}", f"i{rng.integers(12)}"
+        kind = k % 5
+        if kind < 3:
+            model.learn_one(user, item, weight=1.0 + kind)
+        elif kind == 3:
+            model.learn_negatives(user, [item, f"i{rng.integers(12)}", f"i{rng.integers(12)}"], 0.3)
+        else:
+            model.learn_negative(user, item, 0.5)
+
+
+@pytest.mark.parametrize("params", [{}, {"negatives": "uniform"}, {"loss": "squared", "lr": 0.05}])
+def test_deferred_steps_give_the_model_of_learning_one_event_at_a_time(params):
+    one_by_one = OnlineMF(n_factors=8, seed=3, **params)
+    batched = OnlineMF(n_factors=8, seed=3, **params)
+    _stream(one_by_one, 400, seed=5)
+    before = batched.to_state()
+    with batched.deferred():
+        _stream(batched, 400, seed=5)
+        # reads inside the block see the vectors from before it (new rows: their initial vectors)
+        assert np.array_equal(batched._V[: len(before["item_ids"])], before["item_factors"])
+    a, b = one_by_one.to_state(), batched.to_state()
+    assert a["user_ids"] == b["user_ids"] and a["item_ids"] == b["item_ids"]
+    for name in ("user_factors", "item_factors", "item_bias"):
+        assert np.allclose(a[name], b[name], atol=1e-5), name
+    assert set(one_by_one.dirty_items()) == set(batched.dirty_items())
+
+
+def test_forget_user_inside_a_deferred_block_applies_the_queue_first():
+    one_by_one, batched = OnlineMF(n_factors=4, seed=1), OnlineMF(n_factors=4, seed=1)
+    for model, block in ((one_by_one, None), (batched, batched.deferred())):
+        if block is not None:
+            block.__enter__()
+        for u in ("a", "b", "c"):
+            model.learn_one(u, "x")
+        model.forget_user("a")  # moves user c's row into a's
+        model.learn_one("c", "y")
+        if block is not None:
+            block.__exit__(None, None, None)
+    assert np.allclose(one_by_one.user_vector("c"), batched.user_vector("c"), atol=1e-6)
+    assert np.allclose(one_by_one.user_vector("b"), batched.user_vector("b"), atol=1e-6)
+    assert not batched.knows_user("a")
+
+
+def test_new_rows_are_small_normal_vectors_that_differ_by_id_and_seed():
+    model = OnlineMF(n_factors=16, init_scale=0.1, seed=2)
+    for i in range(3000):
+        model.learn_negative("u", f"item{i}", weight=0.0)  # weight 0: creates the row, learns nothing
+    V = model._V[: model.n_items]
+    assert abs(float(V.mean())) < 0.005 and abs(float(V.std()) - 0.1) < 0.005
+    assert len({v.tobytes() for v in V}) == len(V)
+    other = OnlineMF(n_factors=16, init_scale=0.1, seed=3)
+    other.learn_negative("u", "item0", weight=0.0)
+    assert not np.allclose(other.item_vector("item0"), model.item_vector("item0"))
+

@@ -43,3 +43,24 @@ def test_new_user_gets_trending():
     rec = CoVisitationRecommender(store.covis, cat, trending)
     assert rec.recommend_one("nobody", None, 1)[0][0] == "pop"
     assert trending.global_list[0][0] == "pop"
+
+
+def test_covis_scores_of_some_items_are_those_of_the_full_scores():
+    from freshrec.state.covisitation import CoVisitation
+    from freshrec.state.recommender import covis_scores, covis_scores_of
+
+    covis = CoVisitation(half_life_ms=1e9, max_neighbors=100)
+    rng = __import__("random").Random(4)
+    items = [f"i{n}" for n in range(40)]
+    for t in range(600):
+        a, b = rng.sample(items, 2)
+        covis.add(a, [(b, rng.random())], ts=t)
+    recent = ["i1", "i7", "i3", "i30"]
+    full = covis_scores(covis, recent, 10)
+    asked = ["i2", "i9", "i1", "nope", "i9", "i33"]
+    part = covis_scores_of(covis, recent, 10, asked)
+    assert part == {i: full[i] for i in asked if i in full}
+    assert part  # some of them are neighbours
+    covis.add("i1", [("i2", 50.0)], ts=601)
+    covis.expire_cache()  # a changed row: both see the new weights
+    assert covis_scores_of(covis, recent, 10, ["i2"]) == {"i2": covis_scores(covis, recent, 10)["i2"]}
