@@ -228,23 +228,23 @@ class Pipeline:
         """Validate and apply a batch from the interactions topic (any mix of partitions)."""
         result = BatchResult()
         now = self.clock()
+        decoded = [(record, self._decode(record, INTERACTION_TYPES, now, result)) for record in records]
+        decoded = [(record, event) for record, event in decoded if event is not None]
         learning = [r for r in self.rollout.learners() if isinstance(r, LearningRecommender)]
         learners = [r.learn_event for r in learning]
-        with ExitStack() as batch:  # the batch's MF steps are applied together at its end
+        with ExitStack() as batch:  # per-batch learning work done once, at its end (learning_batch)
+            events = [event for _, event in decoded]
             for rec in learning:
-                batch.enter_context(rec.mf.deferred())
-            self._apply_interactions(records, learners, now, result)
+                batch.enter_context(rec.learning_batch(events))
+            self._apply_interactions(decoded, learners, result)
         return result
 
-    def _apply_interactions(self, records: Iterable[Record], learners: list[Callable[[dict, dict | None], None]],
-                            now: int, result: BatchResult) -> None:
+    def _apply_interactions(self, decoded: list[tuple[Record, dict]],
+                            learners: list[Callable[[dict, dict | None], None]], result: BatchResult) -> None:
         features = self.features
         apply = features.apply
         observe = self.rollout.observe
-        for record in records:
-            event = self._decode(record, INTERACTION_TYPES, now, result)
-            if event is None:
-                continue
+        for record, event in decoded:
             if learners and features.is_new(event, record.offset):
                 row = features.user(event["user_id"])
                 for learn in learners:

@@ -62,7 +62,8 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from itertools import repeat
 from operator import itemgetter
-from typing import Any, Callable, Collection, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Collection, Iterator, Sequence
 
 import numpy as np
 
@@ -109,12 +110,39 @@ class UserContext:
     recent_q: np.ndarray | None  # weighted mean MF vector of the recent items
 
 
+def _rank_within(values: np.ndarray, owner: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Per group of rows (``owner``: contiguous groups), the share of the group's values strictly
+    below each value: ``np.searchsorted(np.sort(group), v, "left") / len(group)`` of each group
+    in one sort."""
+    n = len(values)
+    order = np.lexsort((values, owner))
+    s_owner, s_val = owner[order], values[order]
+    new_run = np.ones(n, dtype=bool)
+    new_run[1:] = (s_owner[1:] != s_owner[:-1]) | (s_val[1:] != s_val[:-1])
+    run_start = np.maximum.accumulate(np.where(new_run, np.arange(n), 0))
+    out = np.empty(n, dtype=np.float64)
+    out[order] = (run_start - starts[s_owner]) / np.maximum(lengths[s_owner], 1)
+    return out
+
+
+@dataclass
+class Slate:
+    """A slate to featurise at the end of its batch, with what it needs of the moment it was shown."""
+
+    ctx: UserContext
+    codes: np.ndarray
+    positions: Sequence[int]
+    mf_rows: np.ndarray  # the items' MF rows then (-1: unknown then)
+    user_vector: np.ndarray  # the user's MF vector then (zeros: unknown)
+    mean_bias: float  # the MF model's mean item bias then (what unknown items score)
+
+
 @dataclass
 class PendingImpression:
     user_id: str
     ts: int
     items: list[str]
-    X: np.ndarray
+    X: np.ndarray | None  # None until its batch is featurised (LearningRecommender.learning_batch)
     clicked: set[str]
 
 
@@ -307,6 +335,11 @@ class LearningRecommender:
         # drift monitor's sample of the click model's inputs and outputs (Pipeline sets it)
         self.observer: Callable[[np.ndarray, np.ndarray], None] | None = None
         self.click_metrics = OnlineClickMetrics()
+        # inside learning_batch: sampled slates waiting to be featurised together at its end,
+        # and the item-level features as they were when the batch began
+        self._batch_active = False
+        self._unfeaturised: list[tuple[PendingImpression, Slate]] = []
+        self._snapshot: tuple[np.ndarray, np.ndarray] | None = None  # (item features, valid)
 
     @property
     def covis(self):  # the merged co-visitation view lives in the feature store (rebuilt on recovery)
@@ -376,27 +409,75 @@ class LearningRecommender:
             self.mf.learn_negative(user, item, -w)
         invalidate(item)  # after any feature computation above: the event changes the item's counts
 
+    def _sampled(self, rid: str) -> bool:
+        """Whether the click model learns the slate ``rid`` (see ``click_sample``)."""
+        return self.click_sample >= 1.0 or rid in self.pending or \
+            (zlib.crc32(rid.encode()) & 0xFFFF) < self.click_sample * 0x10000
+
+    @contextmanager
+    def learning_batch(self, events: Sequence[dict]) -> Iterator[None]:
+        """Learn a batch of events (``learn_event`` of each inside the block) with the per-batch
+        work done once: the MF steps are applied together at the end (``OnlineMF.deferred``)
+        and the sampled slates are featurised together at the end, against the item-level
+        features (CTR, popularity, ...) as they were when the batch began, the user context of
+        each slate's own moment and the MF vectors of before the batch. A slate cost ~40 small
+        numpy operations when featurised alone. With a batch of one event, the features are
+        exactly those of featurising it at once."""
+        if self._batch_active:
+            yield
+            return
+        slates = [e["item_ids"] for e in events if e.get("type") == "impression" and self._sampled(e["request_id"])]
+        if slates:
+            codes = self.table.codes(list(dict.fromkeys(i for items in slates for i in items)))
+            self._fill_item_features(codes)
+            n = len(self.table)
+            self._snapshot = (self.table.item_features[:n].copy(), self.table.valid[:n].copy())
+        self._batch_active = True
+        try:
+            with self.mf.deferred():
+                try:
+                    yield
+                finally:
+                    self._featurise_pending()
+        finally:
+            self._batch_active = False
+            self._snapshot = None
+
+    def _featurise_pending(self) -> None:
+        """Feature rows of the slates queued inside :meth:`learning_batch`, in one pass."""
+        queued, self._unfeaturised = self._unfeaturised, []
+        if not queued:
+            return
+        for (imp, _slate), X in zip(queued, self._features_many([q[1] for q in queued])):
+            imp.X = X
+
     def _learn_impression(self, event: dict, user_row: dict | None) -> None:
         user, items = event["user_id"], list(dict.fromkeys(event["item_ids"]))
         rid = event["request_id"]
-        if self.click_sample < 1.0 and rid not in self.pending and \
-                (zlib.crc32(rid.encode()) & 0xFFFF) >= self.click_sample * 0x10000:
+        if not self._sampled(rid):
             self.unsampled[rid] = None  # its clicks are not learned against the published list either
             while len(self.unsampled) > PENDING_MAX:
                 self.unsampled.popitem(last=False)
             self.counters["impressions_unsampled"] += 1
             return
         ctx = self.context(user, user_row, only=items)
-        X = self.feature_matrix(ctx, items, positions=[event["item_ids"].index(i) for i in items])
+        positions = [event["item_ids"].index(i) for i in items]
         if rid in self.pending:  # a resent slate: learn the earlier one now
             self._finish(self.pending.pop(rid))
-        self.pending[rid] = PendingImpression(user, event["ts"], items, X, set())
+        if self._batch_active:
+            imp = PendingImpression(user, event["ts"], items, None, set())
+            self._unfeaturised.append((imp, self._slate(ctx, items, positions)))
+        else:
+            imp = PendingImpression(user, event["ts"], items, self.feature_matrix(ctx, items, positions), set())
+        self.pending[rid] = imp
         while len(self.pending) > PENDING_MAX:
             self._finish(self.pending.popitem(last=False)[1])
         if self.settings.weight_impression > 0:  # a sampled slate stands for 1 / click_sample of them
             self.mf.learn_negatives(user, items, self.settings.weight_impression / self.click_sample)
 
     def _finish(self, imp: PendingImpression) -> None:
+        if imp.X is None:  # learned before its batch ended (a resent slate, a full queue)
+            self._featurise_pending()
         labels = [item in imp.clicked for item in imp.items]
         # predicted before learning: progressive validation of the click model (online AUC, logloss)
         self.click_metrics.observe(self.clicks.predict_proba_many(imp.X), np.asarray(labels))
@@ -444,6 +525,7 @@ class LearningRecommender:
 
     def forget_user(self, user_id: str) -> None:
         """``user_delete``: the user's vector, remembered list and pending impressions go."""
+        self._featurise_pending()  # before the MF model applies its queued steps (it moves a row)
         self.mf.forget_user(user_id)
         self.published.pop(user_id, None)
         for rid in [rid for rid, imp in self.pending.items() if imp.user_id == user_id]:
@@ -632,6 +714,93 @@ class LearningRecommender:
         X[:, COL["mf_rank"]] = np.searchsorted(ref_mf, X[:, COL["mf"]], side="left") / max(len(ref_mf), 1)
         X[:, COL["covis_rank"]] = np.searchsorted(ref_cv, X[:, COL["covis"]], side="left") / max(len(ref_cv), 1)
         return X
+
+    def _slate(self, ctx: UserContext, items: Sequence[str], positions: Sequence[int]) -> Slate:
+        """What featurising ``items`` for ``ctx`` later needs of the MF model as it is now."""
+        codes = self.table.codes(items)
+        rows = self.table.mf_rows(codes, self.mf.row_of)
+        mean_bias = self.mf._mean_bias() if (rows < 0).any() else 0.0
+        return Slate(ctx, codes, positions, rows, self.mf.user_vector(ctx.user_id), mean_bias)
+
+    def _features_many(self, slates: Sequence[Slate]) -> list[np.ndarray]:
+        """:meth:`_features` of several slates (each its own reference for the rank features) in
+        one pass over their concatenated rows. Item-level features come from the snapshot taken
+        when the batch began (:meth:`learning_batch`), where it has them."""
+        m = len(slates)
+        lengths = np.fromiter((len(s.codes) for s in slates), dtype=np.intp, count=m)
+        starts = np.zeros(m, dtype=np.intp)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        codes = np.concatenate([s.codes for s in slates])
+        n = len(codes)
+        X = np.zeros((n, N_FEATURES), dtype=np.float64)
+        if n == 0:
+            return [X[:0] for _ in range(m)]
+        ctxs = [s.ctx for s in slates]
+        owner = np.repeat(np.arange(m), lengths)
+        t, mf = self.table, self.mf
+        rows = np.concatenate([s.mf_rows for s in slates])
+        known = rows >= 0
+        P = np.stack([s.user_vector for s in slates])
+        Qs = np.zeros((m, mf.n_factors), dtype=np.float32)
+        for j, ctx in enumerate(ctxs):
+            if ctx.recent_q is not None:
+                Qs[j] = ctx.recent_q
+        qn = np.linalg.norm(Qs, axis=1)
+        mean_bias = np.fromiter((s.mean_bias for s in slates), dtype=np.float32, count=m)
+        mf_score = mean_bias[owner]  # unknown rows: the mean bias (score_rows)
+        cosine = np.zeros(n, dtype=np.float32)
+        if known.any():
+            r, o = rows[known], owner[known]
+            V = mf._V[r]
+            mf_score[known] = np.einsum("ij,ij->i", V, P[o]) + mf._b[r]
+            norms = np.maximum(np.linalg.norm(V, axis=1), 1e-9)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cos = np.einsum("ij,ij->i", V, Qs[o]) / (norms * qn[o])
+            cosine[known] = np.where(qn[o] > 0.0, cos, 0.0)
+        X[:, COL["mf"]], X[:, COL["mf_recent"]] = mf_score, cosine
+        cv = np.zeros(n, dtype=np.float64)
+        ids = t.ids
+        for j, ctx in enumerate(ctxs):
+            if ctx.covis:
+                s, e = starts[j], starts[j] + lengths[j]
+                cv[s:e] = np.fromiter(map(ctx.covis.get, ids[codes[s:e]].tolist(), repeat(0.0)),
+                                      dtype=np.float64, count=e - s)
+        X[:, COL["covis"]] = np.log1p(20.0 * cv)
+        item_features = self._item_features_at_batch_start(codes)
+        X[:, COL["ctr"]:COL["freshness"] + 1] = item_features
+        n_cat = len(t.categories) + 1
+        shares = np.zeros((m, n_cat), dtype=np.float64)
+        profiles = np.zeros((m, t.content.shape[1]), dtype=np.float32)
+        for j, ctx in enumerate(ctxs):
+            if ctx.categories is not None:
+                shares[j, : len(ctx.categories)] = ctx.categories[:n_cat]
+            if ctx.profile is not None:
+                profiles[j] = ctx.profile
+        X[:, COL["category"]] = shares[owner, t.cat[codes]]
+        X[:, COL["content"]] = np.einsum("ij,ij->i", t.content[codes], profiles[owner])
+        X[:, COL["position"]] = np.log1p(np.concatenate([np.asarray(s.positions, dtype=np.float64) for s in slates]))
+        for name, ref in (("mf_rank", "mf"), ("covis_rank", "covis")):
+            X[:, COL[name]] = _rank_within(X[:, COL[ref]], owner, starts, lengths)
+        return np.split(X, starts[1:])
+
+    def _item_features_at_batch_start(self, codes: np.ndarray) -> np.ndarray:
+        """Item-level features of ``codes``: from the batch's snapshot where it holds valid ones,
+        computed now for the others."""
+        snap = self._snapshot
+        if snap is None:
+            self._fill_item_features(codes)
+            return self.table.item_features[codes]
+        values, valid = snap
+        inside = codes < len(valid)
+        ok = np.zeros(len(codes), dtype=bool)
+        ok[inside] = valid[codes[inside]]
+        out = np.empty((len(codes), values.shape[1]), dtype=np.float64)
+        out[ok] = values[codes[ok]]
+        if not ok.all():
+            rest = codes[~ok]
+            self._fill_item_features(rest)
+            out[~ok] = self.table.item_features[rest]
+        return out
 
     @staticmethod
     def reference(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -887,6 +1056,7 @@ class LearningRecommender:
     # ------------------------------------------------------------------ checkpoints
     def to_state(self) -> dict:
         """Everything but the hnswlib graph (saved beside, see :meth:`save_index`)."""
+        self._featurise_pending()
         return {"mf": self.mf.to_state(), "content": self.content.to_state(), "clicks": self.clicks,
                 "pending": self.pending, "published": self.published, "fresh": self.fresh,
                 "rng": self.rng.bit_generator.state, "counters": dict(self.counters),

@@ -299,3 +299,44 @@ def test_a_new_item_is_explored_in_the_next_lists_without_waiting_for_a_refresh(
     docs = [orjson.loads(v) for k, v in updates.sets if k.startswith(p.keys.recs(""))]
     assert len(docs) == 40
     assert all(any(e["item_id"] == "brand-new" for e in d["items"]) for d in docs)
+
+
+def _slate_cases(feed):
+    rec = feed.p.recommender
+    feed.send("item_upsert", item_id="late", category="brand-new", tags=["x"], text="a late item")
+    users = ["u0", "u1", "u7", "stranger"]
+    slates = [["i0", "i2", "i4", "i1"], ["i1", "never-seen", "i3", "other-unknown"], ["late", "i5"], ["i0", "i9", "i8"]]
+    ctxs = [rec.context(u, feed.p.features.user(u), only=items) for u, items in zip(users, slates)]
+    return rec, ctxs, slates
+
+
+def test_slates_featurised_together_get_the_rows_of_featurising_each_alone():
+    feed = Feed()
+    _community(feed)
+    rec, ctxs, slates = _slate_cases(feed)
+    alone = [rec.feature_matrix(ctx, items, positions=list(range(len(items)))) for ctx, items in zip(ctxs, slates)]
+    together = rec._features_many([rec._slate(ctx, items, list(range(len(items)))) for ctx, items in zip(ctxs, slates)])
+    assert len(together) == len(alone)
+    for a, b in zip(alone, together):
+        assert a.shape == b.shape
+        assert np.allclose(a, b, atol=1e-6), (a - b)
+    assert np.abs(np.concatenate(alone)).sum() > 0 and len({r.tobytes() for r in np.concatenate(alone)}) > 5
+
+
+def test_a_batch_of_disjoint_slates_learns_the_rows_one_at_a_time_gives():
+    def run(batched):
+        feed = Feed(click_window_s=60.0)
+        _community(feed)
+        events = [{"type": "impression", "event_id": f"imp{u}", "ts": feed.now, "user_id": f"u{u}",
+                   "request_id": f"r{u}", "item_ids": [f"i{2 * u}", f"i{2 * u + 1}"]} for u in range(6)]
+        records = [Record(INTER, 0, feed.offsets[INTER] + n, orjson.dumps(e)) for n, e in enumerate(events)]
+        for batch in ([records] if batched else [[r] for r in records]):
+            assert not feed.p.process_interactions(batch).rejected
+        pending = feed.p.recommender.pending
+        return [pending[f"r{u}"].X for u in range(6)], feed.p.recommender.mf.to_state()
+
+    (xa, ma), (xb, mb) = run(batched=False), run(batched=True)
+    for a, b in zip(xa, xb):
+        assert a is not None and b is not None and np.allclose(a, b, atol=1e-6)
+    assert np.allclose(ma["user_factors"], mb["user_factors"], atol=1e-6)
+    assert np.allclose(ma["item_factors"], mb["item_factors"], atol=1e-6)
