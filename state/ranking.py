@@ -110,19 +110,17 @@ class UserContext:
     recent_q: np.ndarray | None  # weighted mean MF vector of the recent items
 
 
-def _rank_within(values: np.ndarray, owner: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Per group of rows (``owner``: contiguous groups), the share of the group's values strictly
-    below each value: ``np.searchsorted(np.sort(group), v, "left") / len(group)`` of each group
-    in one sort."""
-    n = len(values)
-    order = np.lexsort((values, owner))
-    s_owner, s_val = owner[order], values[order]
-    new_run = np.ones(n, dtype=bool)
-    new_run[1:] = (s_owner[1:] != s_owner[:-1]) | (s_val[1:] != s_val[:-1])
-    run_start = np.maximum.accumulate(np.where(new_run, np.arange(n), 0))
-    out = np.empty(n, dtype=np.float64)
-    out[order] = (run_start - starts[s_owner]) / np.maximum(lengths[s_owner], 1)
-    return out
+def _rank_within(values: np.ndarray, owner: np.ndarray, n_ref: np.ndarray, is_ref: np.ndarray) -> np.ndarray:
+    """For each row, the share of its group's reference rows (``is_ref``; ``n_ref`` per group)
+    whose value is strictly below its own: ``np.searchsorted(np.sort(ref), v, "left") /
+    len(ref)`` per group (``owner``: each row's group), for all groups in one sort. Values
+    become their rank among all values (ties equal) so (group, value) is one sortable int."""
+    _, ranks = np.unique(values, return_inverse=True)
+    span = np.int64(len(values) + 1)
+    key = owner.astype(np.int64) * span + ranks.reshape(-1)
+    ref_keys = np.sort(key[is_ref])
+    below = np.searchsorted(ref_keys, key, side="left") - np.searchsorted(ref_keys, owner * span, side="left")
+    return below / np.maximum(n_ref[owner], 1)
 
 
 @dataclass
@@ -131,10 +129,11 @@ class Slate:
 
     ctx: UserContext
     codes: np.ndarray
-    positions: Sequence[int]
+    positions: Sequence[int] | None  # None: not shown (candidates), position feature 0
     mf_rows: np.ndarray  # the items' MF rows then (-1: unknown then)
     user_vector: np.ndarray  # the user's MF vector then (zeros: unknown)
     mean_bias: float  # the MF model's mean item bias then (what unknown items score)
+    n_reference: int | None = None  # rank features refer to the first rows only (default: all)
 
 
 @dataclass
@@ -778,9 +777,14 @@ class LearningRecommender:
                 profiles[j] = ctx.profile
         X[:, COL["category"]] = shares[owner, t.cat[codes]]
         X[:, COL["content"]] = np.einsum("ij,ij->i", t.content[codes], profiles[owner])
-        X[:, COL["position"]] = np.log1p(np.concatenate([np.asarray(s.positions, dtype=np.float64) for s in slates]))
+        for j, s in enumerate(slates):
+            if s.positions is not None:
+                X[starts[j]:starts[j] + lengths[j], COL["position"]] = np.log1p(np.asarray(s.positions, dtype=np.float64))
+        n_ref = np.fromiter((len(s.codes) if s.n_reference is None else s.n_reference for s in slates),
+                            dtype=np.intp, count=m)
+        is_ref = (np.arange(n) - starts[owner]) < n_ref[owner]
         for name, ref in (("mf_rank", "mf"), ("covis_rank", "covis")):
-            X[:, COL[name]] = _rank_within(X[:, COL[ref]], owner, starts, lengths)
+            X[:, COL[name]] = _rank_within(X[:, COL[ref]], owner, n_ref, is_ref)
         return np.split(X, starts[1:])
 
     def _item_features_at_batch_start(self, codes: np.ndarray) -> np.ndarray:
@@ -955,24 +959,43 @@ class LearningRecommender:
             self._refresh_explore_pool()
         ctxs = [self.context(user_id, row) for user_id, row in users]
         cands = self._candidates_many(ctxs)
-        return [self._rank_codes(ctx, codes, k, remember) for ctx, codes in zip(ctxs, cands)]
+        s, t, mf = self.settings, self.table, self.mf
+        n_explore = int(round(k * s.explore_share)) if s.explore_share > 0 else 0
+        # per user, in order, the random draws one call per user makes: the exploration
+        # candidates (drawn first so that their feature rows come in the candidates' matrix,
+        # ranked against the candidates: one matrix per list instead of two, ~15% of a list),
+        # then the remembered negatives' sample
+        draws: list[tuple[list[str], np.ndarray | None]] = []
+        slates: list[Slate] = []
+        mean_bias = mf._mean_bias()
+        for ctx, codes in zip(ctxs, cands):
+            if not len(codes):
+                draws.append(([], None))
+                continue
+            drawn = self._thompson(n_explore + k, ctx.seen) if n_explore else []
+            sample = (self.rng.choice(len(codes), min(len(codes), CANDIDATE_SAMPLE), replace=False)
+                      if remember else None)
+            draws.append((drawn, sample))
+            rows_codes = np.concatenate([codes, t.codes(drawn)]) if drawn else codes
+            slates.append(Slate(ctx, rows_codes, None, t.mf_rows(rows_codes, mf.row_of),
+                                mf.user_vector(ctx.user_id), mean_bias, n_reference=len(codes)))
+        # one feature matrix and one click-model pass for every candidate of every user
+        matrices = iter(self._features_many(slates) if slates else [])
+        out = []
+        for ctx, codes, (drawn, sample) in zip(ctxs, cands, draws):
+            out.append(self._rank_codes(ctx, codes, k, drawn, sample, next(matrices)) if len(codes) else [])
+        return out
 
-    def _rank_codes(self, ctx: UserContext, codes: np.ndarray, k: int,
-                    remember: bool) -> list[tuple[str, float]]:
-        """Second stage of :meth:`rank` for the user's candidate codes."""
-        if not len(codes):
-            return []
+    def _rank_codes(self, ctx: UserContext, codes: np.ndarray, k: int, drawn: list[str],
+                    sample: np.ndarray | None, X_all: np.ndarray) -> list[tuple[str, float]]:
+        """Second stage of :meth:`rank` for the user's candidate codes, given the exploration
+        items drawn, the sample of candidates to remember (None: nothing remembered) and the
+        feature rows of the candidates then the drawn items."""
         s, t = self.settings, self.table
         n = len(codes)
         n_explore = int(round(k * s.explore_share)) if s.explore_share > 0 else 0
-        # exploration candidates are drawn first (the same random draws) so that their feature
-        # rows come in the candidates' matrix, ranked against the candidates: one feature matrix
-        # per list instead of two (~15% of a list, measured)
-        drawn = self._thompson(n_explore + k, ctx.seen) if n_explore else []
         items = t.ids[codes]
         ids = items.tolist()
-        X_all = self._features(ctx, np.concatenate([codes, t.codes(drawn)]) if drawn else codes,
-                               items=ids + drawn if drawn else ids, n_reference=n)
         logits_all = self.clicks.logits(X_all)
         X, logits = X_all[:n], logits_all[:n]
         order = np.argsort(-logits, kind="stable")
@@ -1007,8 +1030,7 @@ class LearningRecommender:
         result = [(item, round(float(p), 6)) for (item, _), p in zip(out, probs)]
         if self.observer is not None and keep:
             self.observer(X[keep], probs[: len(keep)])
-        if remember:
-            sample = self.rng.choice(len(items), min(len(items), CANDIDATE_SAMPLE), replace=False)
+        if sample is not None:
             ref = self.reference(X)
             self.published[ctx.user_id] = (frozenset(ids), items[sample].tolist(),
                                            (ref[0].astype(np.float32), ref[1].astype(np.float32)))

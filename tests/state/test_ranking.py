@@ -340,3 +340,19 @@ def test_a_batch_of_disjoint_slates_learns_the_rows_one_at_a_time_gives():
         assert a is not None and b is not None and np.allclose(a, b, atol=1e-6)
     assert np.allclose(ma["user_factors"], mb["user_factors"], atol=1e-6)
     assert np.allclose(ma["item_factors"], mb["item_factors"], atol=1e-6)
+
+
+def test_candidates_featurised_together_get_the_rows_of_featurising_each_alone():
+    from freshrec.state.ranking import Slate
+
+    feed = Feed()
+    _community(feed)
+    rec, ctxs, slates = _slate_cases(feed)
+    t, mf = rec.table, rec.mf
+    n_refs = [2, None, 1, 3]  # rank features against the first rows only (candidates, not explored items)
+    alone = [rec._features(ctx, t.codes(items), n_reference=r) for ctx, items, r in zip(ctxs, slates, n_refs)]
+    together = rec._features_many([
+        Slate(ctx, t.codes(items), None, t.mf_rows(t.codes(items), mf.row_of), mf.user_vector(ctx.user_id),
+              mf._mean_bias(), n_reference=r) for ctx, items, r in zip(ctxs, slates, n_refs)])
+    for a, b in zip(alone, together):
+        assert np.allclose(a, b, atol=1e-6), (a - b)
