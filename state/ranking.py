@@ -769,14 +769,14 @@ class LearningRecommender:
         X[:, COL["ctr"]:COL["freshness"] + 1] = item_features
         n_cat = len(t.categories) + 1
         shares = np.zeros((m, n_cat), dtype=np.float64)
-        profiles = np.zeros((m, t.content.shape[1]), dtype=np.float32)
+        content = X[:, COL["content"]]  # per slate: gathering a profile per row costs more
         for j, ctx in enumerate(ctxs):
             if ctx.categories is not None:
                 shares[j, : len(ctx.categories)] = ctx.categories[:n_cat]
             if ctx.profile is not None:
-                profiles[j] = ctx.profile
+                s = starts[j]
+                content[s:s + lengths[j]] = t.content[codes[s:s + lengths[j]]] @ ctx.profile
         X[:, COL["category"]] = shares[owner, t.cat[codes]]
-        X[:, COL["content"]] = np.einsum("ij,ij->i", t.content[codes], profiles[owner])
         for j, s in enumerate(slates):
             if s.positions is not None:
                 X[starts[j]:starts[j] + lengths[j], COL["position"]] = np.log1p(np.asarray(s.positions, dtype=np.float64))
@@ -980,23 +980,25 @@ class LearningRecommender:
             slates.append(Slate(ctx, rows_codes, None, t.mf_rows(rows_codes, mf.row_of),
                                 mf.user_vector(ctx.user_id), mean_bias, n_reference=len(codes)))
         # one feature matrix and one click-model pass for every candidate of every user
-        matrices = iter(self._features_many(slates) if slates else [])
+        matrices = self._features_many(slates) if slates else []
+        logits = np.split(self.clicks.logits(np.concatenate(matrices)), np.cumsum([len(X) for X in matrices[:-1]])) \
+            if matrices else []
+        scored = iter(zip(matrices, logits))
         out = []
         for ctx, codes, (drawn, sample) in zip(ctxs, cands, draws):
-            out.append(self._rank_codes(ctx, codes, k, drawn, sample, next(matrices)) if len(codes) else [])
+            out.append(self._rank_codes(ctx, codes, k, drawn, sample, *next(scored)) if len(codes) else [])
         return out
 
     def _rank_codes(self, ctx: UserContext, codes: np.ndarray, k: int, drawn: list[str],
-                    sample: np.ndarray | None, X_all: np.ndarray) -> list[tuple[str, float]]:
+                    sample: np.ndarray | None, X_all: np.ndarray, logits_all: np.ndarray) -> list[tuple[str, float]]:
         """Second stage of :meth:`rank` for the user's candidate codes, given the exploration
-        items drawn, the sample of candidates to remember (None: nothing remembered) and the
-        feature rows of the candidates then the drawn items."""
+        items drawn, the sample of candidates to remember (None: nothing remembered), and the
+        feature rows and click logits of the candidates then the drawn items."""
         s, t = self.settings, self.table
         n = len(codes)
         n_explore = int(round(k * s.explore_share)) if s.explore_share > 0 else 0
         items = t.ids[codes]
         ids = items.tolist()
-        logits_all = self.clicks.logits(X_all)
         X, logits = X_all[:n], logits_all[:n]
         order = np.argsort(-logits, kind="stable")
         cap = k if s.diversity_max_share >= 1.0 else max(1, math.ceil(k * s.diversity_max_share))
