@@ -138,18 +138,13 @@ class OnlineMF:
         return self._item_ids
 
     def _init_row(self, kind: str, key: str) -> np.ndarray:
-        # Normals by Box-Muller from uniforms hashed out of (seed, kind, id): independent rows that
-        # depend on the id only, at ~20 us (a seeded Generator per row cost ~50 us, more than the
-        # SGD step; sums of rows of a shared normals table were cheaper but made rows that share
-        # a table row correlated)
-        f = self.n_factors
-        half = (f + 1) // 2
-        raw = hashlib.shake_128(f"{self.seed}:{kind}:{key}".encode()).digest(8 * half)
-        u = (np.frombuffer(raw, dtype=np.uint32).astype(np.float64) + 0.5) * (1.0 / 4294967296.0)
-        radius = np.sqrt(-2.0 * np.log(u[:half]))
-        angle = (2.0 * np.pi) * u[half:]
-        normals = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:f]
-        return (normals * self.init_scale).astype(np.float32)
+        # ~50 us per new row (a seeded Generator). Cheaper draws were tried (hashed Box-Muller
+        # normals, rows of a shared normals table): each is another random start, and MovieLens
+        # 100K HitRate@10 moved from 0.1982 to 0.1967 / 0.1964, within the spread of init draws
+        # but a change of every published figure, for ~1 s per 20k new rows.
+        digest = hashlib.blake2b(f"{self.seed}:{kind}:{key}".encode(), digest_size=8).digest()
+        rng = np.random.default_rng(int.from_bytes(digest, "little"))
+        return rng.normal(0.0, self.init_scale, self.n_factors).astype(np.float32)
 
     def _user(self, user_id: str) -> int:
         row = self._user_row.get(user_id)
