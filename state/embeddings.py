@@ -279,14 +279,10 @@ class OnlineMF:
         user_round: dict[int, int] = {}
         item_round: dict[int, int] = {}
         for n, (u, idx, _t, _w) in enumerate(steps):
-            r = user_round.get(u, -1)
-            for row in idx.tolist():
-                ri = item_round.get(row, -1)
-                if ri > r:
-                    r = ri
-            r += 1
+            rows = idx.tolist()
+            r = max(user_round.get(u, -1), max(item_round.get(row, -1) for row in rows)) + 1
             user_round[u] = r
-            for row in idx.tolist():
+            for row in rows:
                 item_round[row] = r
             if r == len(rounds):
                 rounds.append([])
@@ -464,37 +460,6 @@ class OnlineMF:
             return None
         w = np.asarray(weights, dtype=np.float64)[known]
         return (w.astype(np.float32) @ self._V[rows[known]]) / float(w.sum())
-
-    def cosine_rows(self, rows: np.ndarray, q: np.ndarray | None) -> np.ndarray:
-        """Cosine of each row's item vector with ``q`` (float32; 0 for unknown rows and when
-        ``q`` is None or zero): :meth:`item_similarity` against a precomputed mean vector."""
-        out = np.zeros(len(rows), dtype=np.float32)
-        qn = 0.0 if q is None else float(np.linalg.norm(q))
-        if qn == 0.0 or not len(rows):
-            return out
-        known = rows >= 0
-        if known.all():
-            V = self._V[rows]
-            out[:] = (V @ q) / (np.maximum(np.linalg.norm(V, axis=1), 1e-9) * qn)
-        elif known.any():
-            V = self._V[rows[known]]
-            out[known] = (V @ q) / (np.maximum(np.linalg.norm(V, axis=1), 1e-9) * qn)
-        return out
-
-    def score_and_cosine_rows(self, user_id: str, rows: np.ndarray,
-                              q: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`score_rows` and :meth:`cosine_rows` together, with one gather of the item
-        vectors when every row is known (a ranker's feature matrix needs both)."""
-        if q is None or not len(rows) or not (rows >= 0).all():
-            return self.score_rows(user_id, rows), self.cosine_rows(rows, q)
-        urow = self._user_row.get(user_id)
-        p = self._U[urow] if urow is not None else np.zeros(self.n_factors, dtype=np.float32)
-        V = self._V[rows]
-        score = V @ p + self._b[rows]
-        qn = float(np.linalg.norm(q))
-        if qn == 0.0:
-            return score, np.zeros(len(rows), dtype=np.float32)
-        return score, (V @ q) / (np.maximum(np.linalg.norm(V, axis=1), 1e-9) * qn)
 
     def user_vectors(self, user_ids: Sequence[str]) -> np.ndarray:
         """:meth:`user_vector` of each user, as rows of one float32 matrix (a copy)."""

@@ -164,7 +164,7 @@ class FeatureStore:
         counts = Counter(item_ids) if len(set(item_ids)) != len(item_ids) else dict.fromkeys(item_ids, 1)
         parts, merged, dirty_items = self.item_parts, self.item_stats.rows, dirty.items
         for item, n in counts.items():
-            key = f"{partition}:{item}"  # part_key
+            key = part_key(partition, item)
             prow = parts.get(key)
             if prow is None:
                 prow = parts[key] = pop.new_item_row()

@@ -134,6 +134,7 @@ class Slate:
     user_vector: np.ndarray  # the user's MF vector then (zeros: unknown)
     mean_bias: float  # the MF model's mean item bias then (what unknown items score)
     n_reference: int | None = None  # rank features refer to the first rows only (default: all)
+    reference: tuple[np.ndarray, np.ndarray] | None = None  # or to these sorted MF and co-visitation scores
 
 
 @dataclass
@@ -447,7 +448,7 @@ class LearningRecommender:
         queued, self._unfeaturised = self._unfeaturised, []
         if not queued:
             return
-        for (imp, _slate), X in zip(queued, self._features_many([q[1] for q in queued])):
+        for (imp, _slate), X in zip(queued, self._features_many([q[1] for q in queued], at_batch_start=True)):
             imp.X = X
 
     def _learn_impression(self, event: dict, user_row: dict | None) -> None:
@@ -678,53 +679,20 @@ class LearningRecommender:
         The rank features are relative to ``reference`` (sorted MF and co-visitation scores of the
         set the items compete in), by default to ``items`` themselves (a candidate set, a slate).
         """
-        return self._features(ctx, self.table.codes(items), positions, reference, items)
+        return self._features_many([self._slate(ctx, items, positions, reference)])[0]
 
-    def _features(self, ctx: UserContext, codes: np.ndarray, positions: Sequence[int] | None = None,
-                  reference: tuple[np.ndarray, np.ndarray] | None = None,
-                  items: Sequence[str] | None = None, n_reference: int | None = None) -> np.ndarray:
-        """:meth:`feature_matrix` of item codes (``items``: their ids, when the caller has them):
-        the item-level features gathered from the table's arrays. Without ``reference``, rank
-        features refer to the first ``n_reference`` rows (default: all)."""
-        n = len(codes)
-        X = np.zeros((n, N_FEATURES), dtype=np.float64)
-        if n == 0:
-            return X
-        t = self.table
-        rows = t.mf_rows(codes, self.mf.row_of)
-        X[:, COL["mf"]], X[:, COL["mf_recent"]] = self.mf.score_and_cosine_rows(ctx.user_id, rows, ctx.recent_q)
-        if ctx.covis:
-            if items is None:
-                items = t.ids[codes].tolist()
-            cv = np.fromiter(map(ctx.covis.get, items, repeat(0.0)), dtype=np.float64, count=n)
-            X[:, COL["covis"]] = np.log1p(20.0 * cv)
-        self._fill_item_features(codes)
-        X[:, COL["ctr"]:COL["freshness"] + 1] = t.item_features[codes]
-        if ctx.categories is not None:
-            share = ctx.categories
-            if len(share) <= len(t.categories):  # categories new since the context was made
-                share = np.concatenate([share, np.zeros(len(t.categories) + 1 - len(share))])
-            X[:, COL["category"]] = share[t.cat[codes]]
-        if ctx.profile is not None:
-            X[:, COL["content"]] = t.content[codes] @ ctx.profile
-        if positions is not None:
-            X[:, COL["position"]] = np.log1p(np.asarray(positions, dtype=np.float64))
-        ref_mf, ref_cv = reference if reference is not None else self.reference(X[:n_reference])
-        X[:, COL["mf_rank"]] = np.searchsorted(ref_mf, X[:, COL["mf"]], side="left") / max(len(ref_mf), 1)
-        X[:, COL["covis_rank"]] = np.searchsorted(ref_cv, X[:, COL["covis"]], side="left") / max(len(ref_cv), 1)
-        return X
-
-    def _slate(self, ctx: UserContext, items: Sequence[str], positions: Sequence[int]) -> Slate:
-        """What featurising ``items`` for ``ctx`` later needs of the MF model as it is now."""
+    def _slate(self, ctx: UserContext, items: Sequence[str], positions: Sequence[int] | None,
+               reference: tuple[np.ndarray, np.ndarray] | None = None) -> Slate:
+        """What featurising ``items`` for ``ctx`` needs of the MF model as it is now."""
         codes = self.table.codes(items)
         rows = self.table.mf_rows(codes, self.mf.row_of)
         mean_bias = self.mf._mean_bias() if (rows < 0).any() else 0.0
-        return Slate(ctx, codes, positions, rows, self.mf.user_vector(ctx.user_id), mean_bias)
+        return Slate(ctx, codes, positions, rows, self.mf.user_vector(ctx.user_id), mean_bias, reference=reference)
 
-    def _features_many(self, slates: Sequence[Slate]) -> list[np.ndarray]:
-        """:meth:`_features` of several slates (each its own reference for the rank features) in
-        one pass over their concatenated rows. Item-level features come from the snapshot taken
-        when the batch began (:meth:`learning_batch`), where it has them."""
+    def _features_many(self, slates: Sequence[Slate], at_batch_start: bool = False) -> list[np.ndarray]:
+        """:meth:`feature_matrix` of several slates in one pass over their concatenated rows.
+        Item-level features are computed now, or with ``at_batch_start`` taken from the snapshot
+        made when the batch began (:meth:`learning_batch`), where it has them."""
         m = len(slates)
         lengths = np.fromiter((len(s.codes) for s in slates), dtype=np.intp, count=m)
         starts = np.zeros(m, dtype=np.intp)
@@ -765,8 +733,11 @@ class LearningRecommender:
                 cv[s:e] = np.fromiter(map(ctx.covis.get, ids[codes[s:e]].tolist(), repeat(0.0)),
                                       dtype=np.float64, count=e - s)
         X[:, COL["covis"]] = np.log1p(20.0 * cv)
-        item_features = self._item_features_at_batch_start(codes)
-        X[:, COL["ctr"]:COL["freshness"] + 1] = item_features
+        if at_batch_start:
+            X[:, COL["ctr"]:COL["freshness"] + 1] = self._item_features_at_batch_start(codes)
+        else:
+            self._fill_item_features(codes)
+            X[:, COL["ctr"]:COL["freshness"] + 1] = t.item_features[codes]
         n_cat = len(t.categories) + 1
         shares = np.zeros((m, n_cat), dtype=np.float64)
         content = X[:, COL["content"]]  # per slate: gathering a profile per row costs more
@@ -785,11 +756,17 @@ class LearningRecommender:
         is_ref = (np.arange(n) - starts[owner]) < n_ref[owner]
         for name, ref in (("mf_rank", "mf"), ("covis_rank", "covis")):
             X[:, COL[name]] = _rank_within(X[:, COL[ref]], owner, n_ref, is_ref)
+        for j, s in enumerate(slates):  # ranked against a given set instead (a published list)
+            if s.reference is not None:
+                rows_j = slice(starts[j], starts[j] + lengths[j])
+                for name, ref, ref_sorted in (("mf_rank", "mf", s.reference[0]), ("covis_rank", "covis", s.reference[1])):
+                    X[rows_j, COL[name]] = (np.searchsorted(ref_sorted, X[rows_j, COL[ref]], side="left")
+                                            / max(len(ref_sorted), 1))
         return np.split(X, starts[1:])
 
     def _item_features_at_batch_start(self, codes: np.ndarray) -> np.ndarray:
         """Item-level features of ``codes``: from the batch's snapshot where it holds valid ones,
-        computed now for the others."""
+        computed now for the others (and for all without a snapshot: no slate was expected)."""
         snap = self._snapshot
         if snap is None:
             self._fill_item_features(codes)

@@ -350,9 +350,9 @@ def test_candidates_featurised_together_get_the_rows_of_featurising_each_alone()
     rec, ctxs, slates = _slate_cases(feed)
     t, mf = rec.table, rec.mf
     n_refs = [2, None, 1, 3]  # rank features against the first rows only (candidates, not explored items)
-    alone = [rec._features(ctx, t.codes(items), n_reference=r) for ctx, items, r in zip(ctxs, slates, n_refs)]
-    together = rec._features_many([
-        Slate(ctx, t.codes(items), None, t.mf_rows(t.codes(items), mf.row_of), mf.user_vector(ctx.user_id),
-              mf._mean_bias(), n_reference=r) for ctx, items, r in zip(ctxs, slates, n_refs)])
+    candidates = [Slate(ctx, t.codes(items), None, t.mf_rows(t.codes(items), mf.row_of), mf.user_vector(ctx.user_id),
+                        mf._mean_bias(), n_reference=r) for ctx, items, r in zip(ctxs, slates, n_refs)]
+    alone = [rec._features_many([slate])[0] for slate in candidates]
+    together = rec._features_many(candidates)
     for a, b in zip(alone, together):
         assert np.allclose(a, b, atol=1e-6), (a - b)
