@@ -51,6 +51,17 @@ INDEX_FILE = "items.hnsw"
 SLOW_STEP_S = 0.5  # a batch or flush taking longer is logged (freshness p99 diagnostics)
 
 
+def is_behind(settings: Settings, n_messages: int, oldest_ms: int | None, now_ms: int) -> bool:
+    """Whether the worker is behind the stream (it sheds load then, see ``Pipeline.set_behind``):
+    its consume batch came back full, or the batch's oldest message waited more than
+    ``behind_lag_ms`` since it was produced. Fullness alone flipped the worker out of shedding
+    as soon as one batch came back short, at 5k events/s every few batches, and the full work of
+    the next batches put it behind again (the freshness p50 of that phase was 3-4 s)."""
+    if n_messages >= settings.batch_max:
+        return True
+    return oldest_ms is not None and settings.behind_lag_ms > 0 and now_ms - oldest_ms > settings.behind_lag_ms
+
+
 class StreamWorker:
     """Consume, apply, learn, publish, checkpoint: one loop, one thread."""
 
@@ -286,6 +297,7 @@ class StreamWorker:
         inter: list[Record] = []
         cat: list[Record] = []
         offsets = self.offsets
+        oldest_ms = None  # the oldest message timestamp of the batch: how long it waited
         for m in messages:
             err = m.error()
             if err is not None:
@@ -295,10 +307,12 @@ class StreamWorker:
             topic = m.topic()
             ts_type, ts = m.timestamp()
             rec = Record(topic, m.partition(), m.offset(), m.value(), m.key(), ts if ts_type else None)
+            if ts_type and (oldest_ms is None or ts < oldest_ms):
+                oldest_ms = ts
             (cat if topic == self.settings.catalogue_topic else inter).append(rec)
             offsets[topic][m.partition()] = m.offset() + 1
         p = self.pipeline
-        p.set_behind(len(messages) >= self.settings.batch_max)
+        p.set_behind(is_behind(self.settings, len(messages), oldest_ms, int(time.time() * 1000)))
         if cat:  # catalogue first: an item upserted in the same batch is known to its first click
             self._dead_letter(p.process_catalogue(cat).rejected)
         if inter:

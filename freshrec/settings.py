@@ -92,7 +92,7 @@ class Settings:
     click_window_s: float = 600.0  # event time an impression waits for its clicks before it is learned
     click_lr: float = 0.008  # SGD learning rate of the click model
     click_negatives: int = 8  # sampled candidate negatives per positive without an impression
-    click_sample_behind: float = 0.25  # share of impressions the click model learns while the worker is behind
+    click_sample_behind: float = 0.1  # share of impressions the click model learns while the worker is behind
     ann_candidates: int = 200  # candidates from the MF item index per user
     content_candidates: int = 20  # candidates from the content index per user
     fresh_candidates: int = 20  # newest catalogue items considered per user
@@ -111,6 +111,7 @@ class Settings:
     # --- batching
     batch_max: int = 2000  # events per processing batch
     batch_within_ms: int = 20  # max wait to fill a batch
+    behind_lag_ms: int = 500  # stream engine: behind (shedding load) when a batch's oldest message waited longer (0: off)
 
     @property
     def interactions_topic(self) -> str:

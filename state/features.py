@@ -182,12 +182,21 @@ class FeatureStore:
     def _add_covis(self, item: str, previous: list[str], ts: int, partition: int, offset: int,
                    dirty: Dirty) -> None:
         """Add the event's co-visitation pairs, both directions, each row once per offset."""
-        by_row: dict[str, list[tuple[str, float]]] = {}
-        for neighbour, weight in cv.pairs_for(item, previous, self.settings.covis_window):
-            by_row.setdefault(item, []).append((neighbour, weight))
-            by_row.setdefault(neighbour, []).append((item, weight))
+        pairs = cv.pairs_for(item, previous, self.settings.covis_window)
+        if not pairs:
+            return
+        # the item's row gets every pair, each neighbour's row its pair back to the item
+        rows: list[tuple[str, list[tuple[str, float]]]] = [(item, pairs)]
+        neighbours = [neighbour for neighbour, _ in pairs]
+        if len(set(neighbours)) == len(neighbours):
+            rows.extend((neighbour, [(item, weight)]) for neighbour, weight in pairs)
+        else:  # an item twice in the window: its row gets both weights in one step
+            back: dict[str, list[tuple[str, float]]] = {}
+            for neighbour, weight in pairs:
+                back.setdefault(neighbour, []).append((item, weight))
+            rows.extend(back.items())
         hl, cap = self.covis_half_life_ms, self.settings.covis_max_neighbors
-        for row_item, pairs in by_row.items():
+        for row_item, pairs in rows:
             key = part_key(partition, row_item)
             row = self.covis_parts.get(key)
             if row is None:

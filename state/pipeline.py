@@ -293,7 +293,8 @@ class Pipeline:
         return result
 
     def set_behind(self, behind: bool) -> None:
-        """Whether the worker is behind the stream (its last consume batch came back full). While
+        """Whether the worker is behind the stream (the stream engine: its last consume batch came
+        back full or waited too long, ``agents.stream_worker.is_behind``). While
         behind, the click model learns from ``click_sample_behind`` of the impressions, chosen by
         request id (and the MF model learns the sampled slates' negatives at weight / share);
         counts, clicks and every other event are learned as always (load shedding of the

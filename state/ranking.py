@@ -53,7 +53,6 @@ per-call overhead loses, measured).
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 import time
@@ -61,7 +60,6 @@ import zlib
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from itertools import repeat
-from operator import itemgetter
 from contextlib import contextmanager
 from typing import Any, Callable, Collection, Iterator, Sequence
 
@@ -72,6 +70,7 @@ from freshrec.state.ann import IndexRefresher, ItemIndex
 from freshrec.state.catalogue import Catalogue
 from freshrec.state.clickmodel import COL, N_FEATURES, ClickModel
 from freshrec.state.content import ContentIndex
+from freshrec.state.covisitation import strongest
 from freshrec.state.embeddings import OnlineMF
 from freshrec.state.online_metrics import OnlineClickMetrics
 from freshrec.state.features import FeatureStore
@@ -511,7 +510,11 @@ class LearningRecommender:
             self.counters["positives_not_retrieved"] += 1
             return
         self.counters["positives_retrieved"] += 1
-        negatives = [p for p, i in enumerate(items) if i != item]
+        # candidates the user engaged with since the list was published are no negatives: they
+        # were positives (a ratings session rates many of them before the next list), and serving
+        # never ranks seen items anyway
+        seen = user_row["seen"] if user_row and not user_row.get("deleted") else {}
+        negatives = [p for p, i in enumerate(items) if i != item and i not in seen]
         n_neg = self.settings.click_negatives
         if len(negatives) > n_neg:
             negatives = self.rng.choice(negatives, n_neg, replace=False).tolist()
@@ -821,7 +824,7 @@ class LearningRecommender:
         shared = self._shared_candidates()
         out = []
         for r, ctx in enumerate(ctxs):
-            top = (t.codes([i for i, _ in heapq.nlargest(2 * NEIGHBOURS_N, ctx.covis.items(), key=itemgetter(1))])
+            top = (t.codes([i for i, _ in strongest(ctx.covis, 2 * NEIGHBOURS_N)])
                    if ctx.covis else np.zeros(0, dtype=np.int64))
             codes = np.concatenate([top, users[r], near[r], content[r], shared])
             _, first = np.unique(codes, return_index=True)

@@ -1,4 +1,9 @@
-from freshrec.state.covisitation import CoVisitation, pairs_for
+import heapq
+import random
+
+import pytest
+
+from freshrec.state.covisitation import SORT_BELOW, CoVisitation, pairs_for, strongest
 
 
 def test_pairs_weight_recent_neighbours_more_and_skip_self():
@@ -21,3 +26,12 @@ def test_rows_are_pruned_to_the_strongest_neighbours():
         cv.add("a", [(f"n{i}", float(i + 1))], 0)
     assert len(cv.rows["a"]["n"]) <= 6
     assert cv.neighbours("a", 1)[0][0] == "n9"
+
+
+@pytest.mark.parametrize("size", [0, 3, 60, SORT_BELOW + 10])
+def test_strongest_is_nlargest_ties_included(size):
+    rng = random.Random(size)
+    weights = {f"i{j}": float(rng.randint(0, 20)) for j in range(size)}  # many ties
+    for n in (1, 50, size + 5):
+        expected = heapq.nlargest(n, weights.items(), key=lambda kv: kv[1])
+        assert strongest(weights, n) == expected

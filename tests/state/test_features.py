@@ -140,3 +140,30 @@ def test_user_delete_forgets_personal_state_but_not_aggregates():
     # Events after the deletion start a fresh profile.
     store.apply({"type": "click", "user_id": "u", "item_id": "b", "ts": 3, "event_id": "3"}, 0, 2, d)
     assert [h[0] for h in store.user("u")["h"]] == ["b"]
+
+
+def test_covisitation_rows_equal_pairs_added_one_event_at_a_time():
+    """Items repeat within users' windows here (40 items): each row gets all its weights of an event."""
+    from freshrec.state import covisitation as cv
+    from freshrec.state import users as us
+
+    settings = Settings()
+    store = FeatureStore(settings)
+    dirty = Dirty()
+    expected: dict[str, dict] = {}
+    repeated = 0
+    for p, o, ev in _partitioned(_events()):
+        urow = store.users.get(ev["user_id"])
+        previous = us.history_before(urow, o) if urow else []
+        if store.apply(ev, p, o, dirty) and ev["type"] in ("click", "conversion", "rating"):
+            pairs = cv.pairs_for(ev["item_id"], previous, settings.covis_window)
+            repeated += len(pairs) != len({n for n, _ in pairs})
+            by_row: dict[str, list] = {}
+            for neighbour, w in pairs:
+                by_row.setdefault(ev["item_id"], []).append((neighbour, w))
+                by_row.setdefault(neighbour, []).append((ev["item_id"], w))
+            for item, row_pairs in by_row.items():
+                cv.add_pairs(expected.setdefault(item, cv.new_covis_row()), row_pairs, ev["ts"],
+                             store.covis_half_life_ms, settings.covis_max_neighbors)
+    assert repeated > 0
+    assert {k: r["n"] for k, r in store.covis.rows.items() if r["n"]} == {k: r["n"] for k, r in expected.items()}

@@ -356,3 +356,19 @@ def test_candidates_featurised_together_get_the_rows_of_featurising_each_alone()
     together = rec._features_many(candidates)
     for a, b in zip(alone, together):
         assert np.allclose(a, b, atol=1e-6), (a - b)
+
+
+def test_a_positive_without_impression_is_not_learned_against_candidates_the_user_engaged_with_since():
+    feed, _ = _twins(explore_share=0.0, click_negatives=64)
+    rec = feed.p.recommender
+    rec.publish_many([("u0", feed.p.features.user("u0"))], 10)
+    sample = rec.published["u0"][1]
+    assert len(sample) >= 3
+    first, second = sample[0], sample[1]
+    feed.send("click", user_id="u0", item_id=first)  # a positive of the same session, before the next list
+    learned = []
+    featurise = rec.feature_matrix
+    rec.feature_matrix = lambda ctx, items, *a, **kw: learned.append(list(items)) or featurise(ctx, items, *a, **kw)
+    feed.send("click", user_id="u0", item_id=second)
+    assert learned and learned[0][0] == second  # the positive, then its negatives
+    assert set(learned[0][1:]) == set(sample) - {first, second}  # the item engaged with since is no negative
