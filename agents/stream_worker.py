@@ -54,9 +54,10 @@ SLOW_STEP_S = 0.5  # a batch or flush taking longer is logged (freshness p99 dia
 def is_behind(settings: Settings, n_messages: int, oldest_ms: int | None, now_ms: int) -> bool:
     """Whether the worker is behind the stream (it sheds load then, see ``Pipeline.set_behind``):
     its consume batch came back full, or the batch's oldest message waited more than
-    ``behind_lag_ms`` since it was produced. Fullness alone flipped the worker out of shedding
-    as soon as one batch came back short, at 5k events/s every few batches, and the full work of
-    the next batches put it behind again (the freshness p50 of that phase was 3-4 s)."""
+    ``behind_lag_ms`` since it was produced (its Kafka timestamp: send time unless a producer
+    sets another). By fullness alone, one short batch ended the shedding while the messages
+    still waiting were seconds old, and the full work that followed (every slate learned, four
+    times the list budget) put the worker behind again."""
     if n_messages >= settings.batch_max:
         return True
     return oldest_ms is not None and settings.behind_lag_ms > 0 and now_ms - oldest_ms > settings.behind_lag_ms
