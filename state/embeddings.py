@@ -52,6 +52,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from contextlib import contextmanager
+from itertools import chain
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -59,6 +60,8 @@ import numpy as np
 from freshrec.state.arrays import grown
 
 STATE_VERSION = 1
+# a queued SGD step: (user row, item rows, first row's target, first row's weight, the others' weight)
+Step = tuple[int, list[int], float, float, float]
 NEGATIVE_SAMPLERS = ("popularity", "uniform", "lru")
 LOSSES = ("squared", "logistic")
 
@@ -117,7 +120,7 @@ class OnlineMF:
         self._n_positives = 0
         self._lru: OrderedDict[int, None] = OrderedDict()  # item rows, least recent first
         self._dirty: set[int] = set()
-        self._queued: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] | None = None  # see deferred()
+        self._queued: list[Step] | None = None  # see deferred()
 
     # ------------------------------------------------------------------ rows
 
@@ -181,13 +184,7 @@ class OnlineMF:
         """
         u = self._user(user_id)
         i = self._item(item_id)
-        negs = self._sample_negatives(i)
-        rows = [i] + negs
-        targets = np.zeros(len(rows), dtype=np.float32)
-        targets[0] = 1.0
-        weights = np.full(len(rows), self.negative_weight * weight, dtype=np.float32)
-        weights[0] = weight
-        self._step(u, rows, targets, weights)
+        self._step(u, [i, *self._sample_negatives(i)], 1.0, weight, self.negative_weight * weight)
         self._recent[self._n_positives % self.window] = i
         self._n_positives += 1
         if self.negatives == "lru":
@@ -201,7 +198,7 @@ class OnlineMF:
         """
         u = self._user(user_id)
         i = self._item(item_id)
-        self._step(u, [i], np.zeros(1, dtype=np.float32), np.full(1, weight, dtype=np.float32))
+        self._step(u, [i], 0.0, weight, weight)
 
     def learn_negatives(self, user_id: str, item_ids: Sequence[str], weight: float = 1.0) -> None:
         """Learn several explicit negatives of one user in one vectorised step (e.g. the items of
@@ -209,9 +206,7 @@ class OnlineMF:
         if not item_ids:
             return
         u = self._user(user_id)
-        rows = list(dict.fromkeys(self._item(i) for i in item_ids))
-        n = len(rows)
-        self._step(u, rows, np.zeros(n, dtype=np.float32), np.full(n, weight, dtype=np.float32))
+        self._step(u, list(dict.fromkeys(self._item(i) for i in item_ids)), 0.0, weight, weight)
 
     def knows_user(self, user_id: str) -> bool:
         return user_id in self._user_row
@@ -271,37 +266,41 @@ class OnlineMF:
             queued, self._queued = self._queued, None
             self._apply_queued(queued)
 
-    def _apply_queued(self, steps: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> None:
+    def _apply_queued(self, steps: list[Step]) -> None:
         if len(steps) == 1:
             self._step_now(*steps[0])
             return
-        rounds: list[list[int]] = []
+        rounds: list[list[Step]] = []
         user_round: dict[int, int] = {}
         item_round: dict[int, int] = {}
-        for n, (u, idx, _t, _w) in enumerate(steps):
-            rows = idx.tolist()
+        for step in steps:
+            u, rows = step[0], step[1]
             r = max(user_round.get(u, -1), max(item_round.get(row, -1) for row in rows)) + 1
             user_round[u] = r
             for row in rows:
                 item_round[row] = r
             if r == len(rounds):
                 rounds.append([])
-            rounds[r].append(n)
+            rounds[r].append(step)
         for members in rounds:
             if len(members) == 1:
-                self._step_now(*steps[members[0]])
+                self._step_now(*members[0])
             else:
-                self._step_round([steps[n] for n in members])
+                self._step_round(members)
 
-    def _step_round(self, steps: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> None:
+    def _step_round(self, steps: list[Step]) -> None:
         """:meth:`_step_now` of several steps at once; no user or item row appears in two of them."""
-        us = np.fromiter((s[0] for s in steps), dtype=np.intp, count=len(steps))
-        lengths = np.fromiter((len(s[1]) for s in steps), dtype=np.intp, count=len(steps))
-        starts = np.zeros(len(steps), dtype=np.intp)
+        m = len(steps)
+        us = np.fromiter((s[0] for s in steps), dtype=np.intp, count=m)
+        lengths = np.fromiter((len(s[1]) for s in steps), dtype=np.intp, count=m)
+        starts = np.zeros(m, dtype=np.intp)
         np.cumsum(lengths[:-1], out=starts[1:])
-        idx = np.concatenate([s[1] for s in steps])
-        targets = np.concatenate([s[2] for s in steps])
-        weights = np.concatenate([s[3] for s in steps])
+        total = int(starts[-1] + lengths[-1])
+        idx = np.fromiter(chain.from_iterable(s[1] for s in steps), dtype=np.intp, count=total)
+        targets = np.zeros(total, dtype=np.float32)
+        targets[starts] = np.fromiter((s[2] for s in steps), dtype=np.float32, count=m)
+        weights = np.repeat(np.fromiter((s[4] for s in steps), dtype=np.float32, count=m), lengths)
+        weights[starts] = np.fromiter((s[3] for s in steps), dtype=np.float32, count=m)
         P = self._U[us]
         Pr = np.repeat(P, lengths, axis=0)
         Q = self._V[idx]
@@ -317,18 +316,27 @@ class OnlineMF:
         self._V[idx] = Q + lr * (g[:, None] * Pr - (l2 * weights)[:, None] * Q)
         if self.use_bias:
             self._b[idx] = b + self.bias_lr * (g - l2 * weights * b)
-        self._dirty.update(idx.tolist())
+        for s in steps:
+            self._dirty.update(s[1])
 
-    def _step(self, u: int, rows: Sequence[int], targets: np.ndarray, weights: np.ndarray) -> None:
-        """One SGD step on the user's row and the item rows ``rows`` towards ``targets`` (queued
-        inside :meth:`deferred`)."""
-        idx = np.asarray(rows, dtype=np.intp)  # once: fancy indexing with a list converts it each time
+    def _step(self, u: int, rows: list[int], first_target: float, first_weight: float, rest_weight: float) -> None:
+        """One SGD step on the user's row and the item rows ``rows``: the first towards
+        ``first_target`` with ``first_weight``, the others towards 0 with ``rest_weight`` (a
+        positive and its sampled negatives, or explicit negatives). Queued inside
+        :meth:`deferred` as the plain tuple (no arrays per event: they are built per round)."""
         if self._queued is not None:
-            self._queued.append((u, idx, targets, weights))
+            self._queued.append((u, rows, first_target, first_weight, rest_weight))
             return
-        self._step_now(u, idx, targets, weights)
+        self._step_now(u, rows, first_target, first_weight, rest_weight)
 
-    def _step_now(self, u: int, idx: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> None:
+    def _step_now(self, u: int, rows: list[int], first_target: float, first_weight: float,
+                  rest_weight: float) -> None:
+        n = len(rows)
+        idx = np.asarray(rows, dtype=np.intp)  # once: fancy indexing with a list converts it each time
+        targets = np.zeros(n, dtype=np.float32)
+        targets[0] = first_target
+        weights = np.full(n, rest_weight, dtype=np.float32)
+        weights[0] = first_weight
         p = self._U[u].copy()
         Q = self._V[idx]
         b = self._b[idx]
@@ -342,7 +350,7 @@ class OnlineMF:
         self._V[idx] = Q + lr * (g[:, None] * p - (l2 * weights)[:, None] * Q)
         if self.use_bias:
             self._b[idx] = b + self.bias_lr * (g - l2 * weights * b)
-        self._dirty.update(idx.tolist())
+        self._dirty.update(rows)
 
     def _flush_queued(self) -> None:
         """Apply the steps queued so far inside :meth:`deferred` (the block goes on queueing)."""

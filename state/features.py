@@ -163,8 +163,9 @@ class FeatureStore:
         events and ten items each, the most frequent row update of the stream."""
         counts = Counter(item_ids) if len(set(item_ids)) != len(item_ids) else dict.fromkeys(item_ids, 1)
         parts, merged, dirty_items = self.item_parts, self.item_stats.rows, dirty.items
+        prefix = part_key(partition, "")  # each key is prefix + item (part_key, without a call per item)
         for item, n in counts.items():
-            key = part_key(partition, item)
+            key = prefix + item
             prow = parts.get(key)
             if prow is None:
                 prow = parts[key] = pop.new_item_row()
@@ -196,8 +197,9 @@ class FeatureStore:
                 back.setdefault(neighbour, []).append((item, weight))
             rows.extend(back.items())
         hl, cap = self.covis_half_life_ms, self.settings.covis_max_neighbors
+        prefix = part_key(partition, "")
         for row_item, pairs in rows:
-            key = part_key(partition, row_item)
+            key = prefix + row_item
             row = self.covis_parts.get(key)
             if row is None:
                 row = self.covis_parts[key] = cv.new_covis_row()

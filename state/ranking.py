@@ -230,6 +230,12 @@ class ItemTable:
         if code is not None:
             self.valid[code] = False
 
+    def invalidate_many(self, items: Sequence[str]) -> None:
+        """:meth:`invalidate` of each of ``items`` (a slate's), in one array write."""
+        known = [c for c in map(self.code.get, items) if c is not None]
+        if known:
+            self.valid[known] = False
+
     def codes(self, items: Sequence[str] | Collection[str]) -> np.ndarray:
         """The code of each of ``items`` (any sized iterable, e.g. a dict's keys), registering new ones."""
         n = len(items)
@@ -387,11 +393,9 @@ class LearningRecommender:
         if etype == "user_delete":
             self.forget_user(user)
             return
-        invalidate = self.table.invalidate
         if etype == "impression":
             self._learn_impression(event, user_row)
-            for item in event["item_ids"]:  # their CTR changes with this event: computed afresh
-                invalidate(item)
+            self.table.invalidate_many(event["item_ids"])  # their CTR changes with this event: computed afresh
             return
         item = event["item_id"]
         w = self._weight(event)
@@ -406,7 +410,7 @@ class LearningRecommender:
             self.mf.learn_one(user, item, w)
         elif w < 0:
             self.mf.learn_negative(user, item, -w)
-        invalidate(item)  # after any feature computation above: the event changes the item's counts
+        self.table.invalidate(item)  # after any feature computation above: the event changes the item's counts
 
     def _sampled(self, rid: str) -> bool:
         """Whether the click model learns the slate ``rid`` (see ``click_sample``)."""

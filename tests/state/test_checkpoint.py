@@ -1,5 +1,6 @@
 import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -306,6 +307,18 @@ def test_background_checkpoint_saves_the_state_as_it_was_at_start_while_the_pare
     assert store.load(info) == {"users": {"u1": 1}}
     assert (info.path / "index.bin").read_bytes() == b"index"
     assert not writer.busy and writer.poll() is None
+
+
+def test_the_background_writer_runs_below_the_workers_priority(tmp_path):
+    from freshrec.state.checkpoint import WRITER_NICENESS
+
+    store = CheckpointStore(tmp_path / "ck")
+    writer = BackgroundCheckpoint(store)
+    parent = os.nice(0)
+    assert writer.start(lambda: {"niceness": os.nice(0)}, {"t": {0: 1}})  # make_state runs in the child
+    info = writer.wait()
+    assert store.load(info) == {"niceness": min(19, parent + WRITER_NICENESS)}
+    assert os.nice(0) == parent  # the worker's own priority is untouched
 
 
 def test_a_failing_background_checkpoint_is_reported_and_leaves_the_previous_one(tmp_path):

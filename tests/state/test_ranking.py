@@ -372,3 +372,23 @@ def test_a_positive_without_impression_is_not_learned_against_candidates_the_use
     feed.send("click", user_id="u0", item_id=second)
     assert learned and learned[0][0] == second  # the positive, then its negatives
     assert set(learned[0][1:]) == set(sample) - {first, second}  # the item engaged with since is no negative
+
+
+def test_an_impression_or_click_makes_its_items_features_be_computed_afresh():
+    from freshrec.state.clickmodel import FEATURES
+
+    feed = Feed()
+    for i in range(3):
+        feed.send("item_upsert", item_id=f"i{i}", category="c")
+    rec = feed.p.recommender
+    ctx = rec.context("u", None)
+    ctr = FEATURES.index("ctr")
+    before = rec.feature_matrix(ctx, ["i0", "i1", "i2"])[:, ctr]
+    assert rec.table.valid[rec.table.codes(["i0", "i1", "i2"])].all()  # cached until an event on the item
+    feed.send("impression", user_id="u", request_id="r1", item_ids=["i0", "i1"])
+    assert rec.table.valid[rec.table.codes(["i0", "i1", "i2"])].tolist() == [False, False, True]
+    feed.send("click", user_id="u", item_id="i2")
+    assert not rec.table.valid[rec.table.codes(["i2"])].any()
+    after = rec.feature_matrix(ctx, ["i0", "i1", "i2"])[:, ctr]
+    assert after[0] < before[0] and after[1] < before[1]  # shown without a click: CTR down
+    assert after[2] > before[2]  # clicked (an impressionless click counts as one)

@@ -1,0 +1,24 @@
+"""The benchmark's freshness accounting (pure functions; the benchmark itself is run by hand)."""
+
+from freshrec.bench import newest_event_freshness
+
+
+def test_a_list_counts_only_when_it_reflects_the_users_newest_event():
+    newest = {"a": 1_000, "b": 2_000, "c": 3_000, "d": 4_000}
+    lists = {
+        "a": {"event_ts": 1_000, "generated_at": 1_150},  # reflects a's newest event, 150 ms after it
+        "b": {"event_ts": 1_500, "generated_at": 1_600},  # fresh when made, but misses b's event at 2,000
+        "c": {"event_ts": 3_200, "generated_at": 3_900},  # reflects a later event too: counts, 900 ms
+        "d": None,  # no list at all
+    }
+    got = newest_event_freshness(newest, lists)
+    assert got["active_users"] == 4
+    assert got["reflecting_newest"] == 2
+    assert got["share"] == 0.5
+    assert got["p50_ms"] == 900  # of [150, 900], the upper middle (as _percentile takes it)
+    assert got["p99_ms"] == 900
+
+
+def test_no_active_users_gives_no_share():
+    got = newest_event_freshness({}, {})
+    assert got == {"active_users": 0, "reflecting_newest": 0, "share": None, "p50_ms": None, "p99_ms": None}
