@@ -237,7 +237,7 @@ class StreamWorker:
         self.log.published(updates)
 
     def stats(self) -> dict[str, Any]:
-        return self.log.stats(engine="stream", checkpoint_version=self.checkpoint_version,
+        return self.log.stats(engine="stream", checkpoint_version=self.checkpoint_version, behind=self.pipeline.behind,
                               rollout=self.pipeline.rollout.snapshot(), drift=self.pipeline.drift.snapshot(),
                               lag=self.lag(), events_per_s=self._snap_rate(peek=True), ts=int(time.time() * 1000))
 
@@ -344,10 +344,14 @@ class StreamWorker:
         stats_key = self.pipeline.keys.worker_stats(s.app_id)
         try:
             while not self.stopping:
-                messages = self.consumer.consume(num_messages=s.batch_max, timeout=timeout)
+                p = self.pipeline  # lists left waiting by a budget, caught up: no idle wait for messages
+                wait = 0 if p.lists_deferred and not p.behind else timeout
+                messages = self.consumer.consume(num_messages=s.batch_max, timeout=wait)
                 self.metrics.beat()
                 if messages:
                     self._process(messages)
+                elif p.behind:  # nothing came within the wait: caught up (the last batch's verdict must not stick)
+                    p.set_behind(False)
                 if self.pipeline.due():
                     self.flush()
                     self._sync_rollout()

@@ -110,6 +110,7 @@ class Pipeline:
         self._seq = 0
         self.republish_only: set[str] = set()  # queued by a rollout change, no new event since
         self.pending_users: dict[str, None] = {}  # insertion-ordered set of users to recompute
+        self.lists_deferred = False  # the last flush's budget left some of them waiting (see _users_due)
         self.deleted_users: set[str] = set()
         self.pending_similar: set[str] = set()
         self.last_recompute_ms = 0
@@ -321,12 +322,21 @@ class Pipeline:
     def _trending_due(self, now: int) -> bool:
         return self.changed_since_trending and now - self.last_trending_ms >= self.settings.trending_interval_ms
 
+    def _lists_now(self, now: int) -> bool:
+        """Lists are made once per ``recompute_interval_ms`` (a user's events in between share one
+        list), and at once while a flush's budget left users waiting and the worker is not
+        behind: caught up, it has nothing better to do than those lists (waiting the interval
+        after a 100 ms flush made them at half the rate it could)."""
+        return now - self.last_recompute_ms >= self.settings.recompute_interval_ms or \
+            (self.lists_deferred and not self.behind and bool(self.pending_users))
+
+    def _users_due(self, now: int) -> bool:
+        return bool(self.pending_users or self.deleted_users) and self._lists_now(now)
+
     def due(self, now_ms: int | None = None) -> bool:
         """True when :meth:`collect_updates` has something to do now."""
         now = self.clock() if now_ms is None else now_ms
-        users_due = bool(self.pending_users or self.deleted_users) and (
-            now - self.last_recompute_ms >= self.settings.recompute_interval_ms)
-        return users_due or self._trending_due(now)
+        return self._users_due(now) or self._trending_due(now)
 
     def collect_updates(self, force: bool = False) -> Updates:
         """Recompute what is due and return the Redis writes (each pending user once)."""
@@ -335,7 +345,7 @@ class Pipeline:
         updates = Updates()
         if force or self._trending_due(now):
             self._collect_trending(now, updates)
-        if not force and now - self.last_recompute_ms < s.recompute_interval_ms:
+        if not force and not self._lists_now(now):
             return updates
         self.last_recompute_ms = now
         users = self.features
@@ -372,7 +382,8 @@ class Pipeline:
         updates.recs = len(done)
         updates.users = [*done, *self.deleted_users]
         self.counters["recomputes"] += len(done)
-        if len(done) == len(self.pending_users):
+        self.lists_deferred = len(done) < len(self.pending_users)
+        if not self.lists_deferred:
             self.pending_users.clear()
             self.republish_only.clear()
         else:
@@ -457,7 +468,9 @@ class Pipeline:
         return config
 
     def requeue(self, updates: Updates) -> None:
-        """Put back what a failed publish carried, so the next flush writes it again."""
+        """Put back what a failed publish carried, so the next flush writes it again (after the
+        recompute interval: no back-to-back catch-up flushes against a Redis that is down)."""
+        self.lists_deferred = False
         for user_id in updates.users:
             if self.features.user(user_id) is None and user_id not in self.pending_users:
                 self.deleted_users.add(user_id)

@@ -113,3 +113,31 @@ def test_kill_9_learning_worker_resumes_from_checkpoint_and_learns_each_event_on
     mf = state["recommender"]["mf"]
     assert mf["n_positives"] == len(events)  # every rating learned once by the MF model
     assert sum(info.offsets[s.interactions_topic].values()) == len(events) + len(resent)
+
+
+def test_a_worker_caught_up_on_a_backlog_is_no_longer_behind_and_lists_every_user(stream_worker, redis_client):
+    """A backlog puts the worker behind (full batches); once nothing more comes it must leave
+    that mode (it used to keep the last batch's verdict until the next message, so lists
+    trickled out at the behind-the-stream budget after the stream went quiet)."""
+    from freshrec.streams.topics import ensure_topics
+
+    worker = stream_worker
+    worker.settings = s = worker.settings.replace(batch_max=50, recompute_budget_behind_ms=1)
+    ensure_topics(s)
+    with EventProducer(s) as producer:  # before the worker starts: it meets full batches
+        for u in range(300):
+            producer.send(make_event("click", user_id=f"b{u}", item_id=f"i{u % 20}"))
+        producer.flush(10)
+    worker.start()
+    key = RedisKeys(s.redis_prefix).worker_stats(s.app_id)
+
+    def caught_up():
+        raw = redis_client.get(key)
+        stats = orjson.loads(raw) if raw else None
+        if not stats or stats["counters"].get("events:click", 0) < 300:
+            return None
+        return stats if stats["behind"] is False else None
+
+    stats = wait_for(caught_up, 90, "stats of the worker caught up and no longer behind", worker)
+    assert stats["counters"]["batches_behind"] > 0  # it was behind on the backlog
+    wait_for(lambda: all(_recs(redis_client, s, f"b{u}") for u in range(300)), 60, "a list for every user", worker)

@@ -130,3 +130,36 @@ def test_while_behind_a_flush_spends_the_smaller_budget_and_the_rest_waits():
     clock.t += 1000
     caught_up = p.collect_updates()
     assert caught_up.recs == 300 - behind.recs and not p.pending_users  # no limit once caught up
+
+
+def test_caught_up_lists_a_budget_left_waiting_are_made_at_once_and_behind_after_the_interval():
+    clock = Clock()
+    p = Pipeline(Settings(model="learning", recompute_budget_ms=1, recompute_budget_behind_ms=1), clock=clock)
+    p.process_interactions([rec(i, click(i, user=f"u{i}", item=f"i{i % 30}")) for i in range(300)])
+    clock.t += 1000
+    first = p.collect_updates()
+    assert 0 < first.recs < 300 and p.lists_deferred  # the budget cut the flush short
+    assert p.due()  # not behind: the rest at once, the clock has not moved
+    second = p.collect_updates()
+    assert second.recs > 0 and len(p.pending_users) == 300 - first.recs - second.recs
+    p.set_behind(True)  # behind the stream: the backlog first, lists once per interval
+    assert not p.due() and p.collect_updates().recs == 0
+    clock.t += p.settings.recompute_interval_ms
+    assert p.due()
+    p.set_behind(False)
+    while p.pending_users:  # caught up: flush after flush until every waiting user has a list
+        assert p.due() and p.collect_updates().recs > 0
+    assert not p.lists_deferred and not p.due()
+
+
+def test_a_failed_publish_is_retried_after_the_interval_not_at_once():
+    clock = Clock()
+    p = Pipeline(Settings(model="learning", recompute_budget_ms=1), clock=clock)
+    p.process_interactions([rec(i, click(i, user=f"u{i}", item=f"i{i % 30}")) for i in range(300)])
+    clock.t += 1000
+    updates = p.collect_updates()
+    assert p.lists_deferred
+    p.requeue(updates)  # Redis was down
+    assert len(p.pending_users) == 300 and not p.due()  # no back-to-back flushes against a dead Redis
+    clock.t += p.settings.recompute_interval_ms
+    assert p.due()
