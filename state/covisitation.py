@@ -117,9 +117,15 @@ class CoVisitation:
         Normalising per source item stops popular items' rows from drowning the others when a
         user's recent items are combined. Decay cancels out within a row, so no clock is needed.
         """
+        return self.top_list(item, n)[:n]
+
+    def top_list(self, item: str, n: int = 50) -> list[tuple[str, float]]:
+        """The cached list behind :meth:`neighbours` (at least ``n`` entries where the row has
+        them), not a copy: the same object until the item's row changes and the cache expires,
+        so callers can key their own derived data on its identity. Do not mutate it."""
         cached = self._top.get(item)
         if cached is not None and len(cached) >= min(n, len(self.rows.get(item, {}).get("n", ()))):
-            return cached[:n]
+            return cached
         row = self.rows.get(item)
         if row is None or not row["n"]:
             return []
@@ -128,7 +134,7 @@ class CoVisitation:
         cached = [(k, w / total) for k, w in top]
         self._top[item] = cached
         self._maps.pop(item, None)  # made from the list this one replaces
-        return cached[:n]
+        return cached
 
     def neighbour_map(self, item: str, n: int = 50) -> dict[str, float]:
         """:meth:`neighbours` as a dict (cached with the list), to look a few items up in it."""

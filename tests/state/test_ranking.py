@@ -392,3 +392,42 @@ def test_an_impression_or_click_makes_its_items_features_be_computed_afresh():
     after = rec.feature_matrix(ctx, ["i0", "i1", "i2"])[:, ctr]
     assert after[0] < before[0] and after[1] < before[1]  # shown without a click: CTR down
     assert after[2] > before[2]  # clicked (an impressionless click counts as one)
+
+
+def test_list_contexts_score_co_visitation_on_arrays_exactly_as_the_dict_merge_does():
+    from freshrec.state.covisitation import strongest
+    from freshrec.state.ranking import NEIGHBOURS_N
+    from freshrec.state.recommender import covis_scores
+
+    feed = Feed()
+    rng = np.random.default_rng(3)
+    for n in range(1500):  # users with long histories over a small catalogue: many shared neighbours, ties
+        feed.send("click", user_id=f"u{rng.integers(40)}", item_id=f"i{rng.integers(60)}")
+    ts = feed.now
+    for user, item in (("ta", "z"), ("ta", "p"), ("tb", "z"), ("tb", "q"), ("tc", "z")):  # z: p and q tie
+        feed.send("click", ts=ts, user_id=user, item_id=item)
+    rec = feed.p.recommender
+    rec.table.codes(["q", "p"] + [f"i{j}" for j in reversed(range(60))])  # codes in another order than met
+    tie = rec.context("tc", feed.p.features.user("tc")).covis_scores
+    assert rec.table.ids[tie.top].tolist() == ["p", "q"]  # equal scores: first met first, as the dict has it
+    checked = 0
+    for u in range(40):
+        row = feed.p.features.user(f"u{u}")
+        ctx = rec.context(f"u{u}", row)
+        expected = covis_scores(rec.covis, ctx.recent, NEIGHBOURS_N)
+        got = ctx.covis_scores
+        assert (got is None) == (not expected)
+        if got is None:
+            continue
+        ids = rec.table.ids[got.codes].tolist()
+        assert dict(zip(ids, got.values.tolist())) == expected  # the same floats, not just close
+        assert rec.table.ids[got.top].tolist() == [i for i, _ in strongest(expected, 2 * NEIGHBOURS_N)]
+        probe = rec.table.codes(list(expected)[:5] + ["i59", "never-seen"])
+        assert got.lookup(probe).tolist() == [expected.get(i, 0.0) for i in rec.table.ids[probe].tolist()]
+        checked += 1
+    assert checked > 30
+    feed.send("click", user_id="u0", item_id="i1")  # rows change; once the cache expires, new arrays
+    feed.p.features.covis.expire_cache()
+    ctx = rec.context("u0", feed.p.features.user("u0"))
+    assert dict(zip(rec.table.ids[ctx.covis_scores.codes].tolist(), ctx.covis_scores.values.tolist())) == \
+        covis_scores(rec.covis, ctx.recent, NEIGHBOURS_N)
