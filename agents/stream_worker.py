@@ -342,17 +342,17 @@ class StreamWorker:
         timeout = s.batch_within_ms / 1000.0
         last_commit = last_stats = last_checkpoint = time.monotonic()
         stats_key = self.pipeline.keys.worker_stats(s.app_id)
+        p = self.pipeline
         try:
             while not self.stopping:
-                p = self.pipeline  # lists left waiting by a budget, caught up: no idle wait for messages
-                wait = 0 if p.lists_deferred and not p.behind else timeout
+                wait = 0 if p.lists_deferred and not p.behind else timeout  # caught up with lists waiting: no idle wait
                 messages = self.consumer.consume(num_messages=s.batch_max, timeout=wait)
                 self.metrics.beat()
                 if messages:
                     self._process(messages)
                 elif p.behind:  # nothing came within the wait: caught up (the last batch's verdict must not stick)
                     p.set_behind(False)
-                if self.pipeline.due():
+                if p.due():
                     self.flush()
                     self._sync_rollout()
                 now = time.monotonic()

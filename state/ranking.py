@@ -70,7 +70,6 @@ from freshrec.state.ann import IndexRefresher, ItemIndex
 from freshrec.state.catalogue import Catalogue
 from freshrec.state.clickmodel import COL, N_FEATURES, ClickModel
 from freshrec.state.content import ContentIndex
-from freshrec.state.covisitation import strongest
 from freshrec.state.embeddings import OnlineMF
 from freshrec.state.online_metrics import OnlineClickMetrics
 from freshrec.state.features import FeatureStore
@@ -878,12 +877,7 @@ class LearningRecommender:
         shared = self._shared_candidates()
         out = []
         for r, ctx in enumerate(ctxs):
-            if ctx.covis_scores is not None:
-                top = ctx.covis_scores.top
-            elif ctx.covis:
-                top = t.codes([i for i, _ in strongest(ctx.covis, 2 * NEIGHBOURS_N)])
-            else:
-                top = np.zeros(0, dtype=np.int64)
+            top = ctx.covis_scores.top if ctx.covis_scores is not None else np.zeros(0, dtype=np.int64)
             codes = np.concatenate([top, users[r], near[r], content[r], shared])
             _, first = np.unique(codes, return_index=True)
             codes = codes[np.sort(first)]
