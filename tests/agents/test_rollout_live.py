@@ -83,9 +83,13 @@ def test_a_random_canary_is_rolled_back_by_its_ctr_then_a_good_one_is_promoted_l
           f"({summary['sessions']} sessions): {rb['reason']}; CTR the users saw {seen_ctr}")
     wait_for(lambda: not [d for d in _docs(redis_client, s) if d["arm"] == "challenger"], 30,
              "every canary user back on champion lists", worker)
-    text = _metrics(port)
+    # /metrics serves a snapshot the loop refreshes once a second: wait for one taken after the rollback
+    def rolled_back_metrics() -> str | None:
+        text = _metrics(port)
+        return text if _sample(text, "freshrec_rollout_revision") == cfg.revision else None
+
+    text = wait_for(rolled_back_metrics, 10, f"rollout revision {cfg.revision} in /metrics", worker)
     assert _sample(text, "freshrec_arm_ctr", arm="champion", model="learning-v1") > 0.1
-    assert _sample(text, "freshrec_rollout_revision") == cfg.revision
 
     # a good challenger: a learning variant, at 30%; then promoted from the CLI, no restart
     pid = worker.procs[-1].pid
