@@ -865,11 +865,22 @@ class LearningRecommender:
         """Candidate codes of each user, in the order the sources come: co-visitation, ANN from
         the user's MF vector, ANN near the recent items' mean vector, content ANN, trending, fresh
         (first occurrence kept); seen and deleted items excluded. The ANN queries of all users go
-        to hnswlib in one batch per index (see :meth:`_knn_unseen`)."""
+        to hnswlib in one batch per index (see :meth:`_knn_unseen`).
+
+        A user without engagements has no ANN candidates from his MF vector: it is its random
+        start moved only by ignored impressions and dismissals, and its neighbours were noise
+        the ranker then had to beat (MIND sample, 62% of the tests such users: HitRate@10 0.155
+        with them, 0.213 without, half-life 1 h; MovieLens 100K 0.2012 and 0.2009, noise)."""
         s, t = self.settings, self.table
         seen = [t.codes(ctx.seen) for ctx in ctxs]
-        users = self._knn_unseen(self.index, self._mf_labels, self.mf.query_vectors([c.user_id for c in ctxs]),
-                                 s.ann_candidates, ctxs, seen)
+        engaged = [r for r, ctx in enumerate(ctxs) if ctx.recent]
+        users = [np.zeros(0, dtype=np.int64)] * len(ctxs)
+        if engaged:
+            got = self._knn_unseen(self.index, self._mf_labels,
+                                   self.mf.query_vectors([ctxs[r].user_id for r in engaged]), s.ann_candidates,
+                                   [ctxs[r] for r in engaged], [seen[r] for r in engaged])
+            for r, codes in zip(engaged, got):
+                users[r] = codes
         near = self._knn_rows(self.index, self._mf_labels, RECENT_ANN_CANDIDATES, ctxs, seen,
                               lambda c: None if c.recent_q is None else np.append(c.recent_q, np.float32(0.0)))
         content = self._knn_rows(self.content.index, self._content_labels, s.content_candidates, ctxs, seen,

@@ -154,14 +154,15 @@ def test_auto_sample_every():
     assert auto_sample_every(100_000) == 4
 
 
-def test_default_specs_tune_popularity_per_kind():
+def test_default_specs_give_popularity_and_on_news_freshrec_the_half_life_of_the_kind():
     from freshrec.evaluation.cli import default_specs
 
     assert default_specs("movielens:/x", False) == ["freshrec", "popularity:half_life_s=2592000", "covis20",
                                                     "funkmf", "rtrec"]
-    assert default_specs("mind:/x", True)[-1] == "item-ctr"
-    assert "popularity:half_life_s=3600" in default_specs("mind:/x", True)
-    assert default_specs("synthetic", True)[1] == "popularity"
+    mind = default_specs("mind:/x", True)
+    assert mind[-1] == "item-ctr"
+    assert "popularity:half_life_s=3600" in mind and "freshrec:half_life_s=3600" in mind
+    assert default_specs("synthetic", True)[:2] == ["freshrec", "popularity"]
 
 
 def test_default_out_dir_is_eval_results(tmp_path: Path, monkeypatch):

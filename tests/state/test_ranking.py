@@ -431,3 +431,19 @@ def test_list_contexts_score_co_visitation_on_arrays_exactly_as_the_dict_merge_d
     ctx = rec.context("u0", feed.p.features.user("u0"))
     assert dict(zip(rec.table.ids[ctx.covis_scores.codes].tolist(), ctx.covis_scores.values.tolist())) == \
         covis_scores(rec.covis, ctx.recent, NEIGHBOURS_N)
+
+
+def test_a_user_without_engagements_gets_no_candidates_from_his_mf_vector_until_his_first():
+    feed = Feed(trending_k=5, fresh_candidates=0, content_candidates=0)
+    _community(feed)
+    feed.send("impression", user_id="lurker", request_id="r1", item_ids=["i0", "i1", "i2"])
+    feed.send("dismiss", user_id="lurker", item_id="i3")
+    feed.refresh()
+    rec, features = feed.p.recommender, feed.p.features
+    shared = set(rec.table.ids[rec._shared_candidates()].tolist())
+    lurker = rec.candidates(rec.context("lurker", features.user("lurker")))
+    assert lurker and set(lurker) <= shared  # trending only: his vector is a random start moved by negatives
+    feed.send("click", user_id="lurker", item_id="i4")
+    feed.refresh()
+    engaged = rec.candidates(rec.context("lurker", features.user("lurker")))
+    assert set(engaged) - shared - {"i4"}, engaged  # ANN from his vector (and near his item) again
