@@ -34,13 +34,14 @@ class WorkerHandle:
         self.settings = settings
         self.home = home
         self.procs: list[subprocess.Popen] = []
+        self.env: dict[str, str] = {}  # more environment for the worker processes
 
     @property
     def log(self) -> Path:
         return self.home / "worker.log"
 
     def start(self) -> subprocess.Popen:
-        proc = start_worker_process(self.settings, self.log, extra_env={"FRESHREC_HOME": str(self.home)})
+        proc = start_worker_process(self.settings, self.log, extra_env={"FRESHREC_HOME": str(self.home), **self.env})
         self.procs.append(proc)
         return proc
 
