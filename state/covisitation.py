@@ -60,6 +60,22 @@ def add_pairs(row: MutableMapping, pairs: list[tuple[str, float]], ts: int, half
         row["n"] = dict(strongest(n, max_neighbors))
 
 
+def add_pair(row: MutableMapping, neighbour: str, weight: float, ts: int, half_life_ms: float,
+             max_neighbors: int) -> None:
+    """:func:`add_pairs` of a single pair, with the same arithmetic. Most rows an engagement
+    changes get one pair (each neighbour's row, its pair back to the engaged item): this skips
+    building a list per row and the loop around it."""
+    t0 = row.setdefault("t0", ts)
+    exponent = (ts - t0) / half_life_ms
+    if exponent > REBASE_EXPONENT:
+        rebase(row, ts, half_life_ms, maps=("n",))
+        exponent = 0.0
+    n = row["n"]
+    n[neighbour] = n.get(neighbour, 0.0) + weight * 2.0**exponent
+    if len(n) > max_neighbors * 3 // 2:
+        row["n"] = dict(strongest(n, max_neighbors))
+
+
 def merge_row(into: MutableMapping, part: MutableMapping, half_life_ms: float) -> None:
     """Add the partial row ``part`` into the merged row ``into``."""
     if not part.get("n"):
@@ -90,6 +106,14 @@ class CoVisitation:
         add_pairs(row, pairs, ts, self.half_life_ms, self.max_neighbors)
         self._stale.add(item)
 
+    def add_one(self, item: str, neighbour: str, weight: float, ts: int) -> None:
+        """:meth:`add` of a single pair (see :func:`add_pair`)."""
+        row = self.rows.get(item)
+        if row is None:
+            row = self.rows[item] = new_covis_row()
+        add_pair(row, neighbour, weight, ts, self.half_life_ms, self.max_neighbors)
+        self._stale.add(item)
+
     def merge(self, item: str, part: MutableMapping) -> None:
         row = self.rows.get(item)
         if row is None:
@@ -97,6 +121,12 @@ class CoVisitation:
         merge_row(row, part, self.half_life_ms)
         self._top.pop(item, None)
         self._maps.pop(item, None)
+
+    def reset_cache(self) -> None:
+        """Drop every cached list (the rows were replaced wholesale)."""
+        self._top.clear()
+        self._maps.clear()
+        self._stale.clear()
 
     def expire_cache(self) -> None:
         """Drop cached lists of items that changed since they were cached.

@@ -13,6 +13,11 @@ A resent event (same ``event_id``, new offset) is recognised through the user ro
 
 Item-level rows are per-partition partials so that partitions can move between workers; the
 merged views (:class:`ItemStats`, :class:`CoVisitation`) are sums over the owned partitions.
+
+A worker that owns every partition and checkpoints its whole state at consistent offsets (the
+stream engine) keeps no partials (``partials=False``): the merged views are the state, and the
+user row's watermark guards the whole event (every row an event changes is in the same
+checkpoint). Each impression and co-visitation pair is then written once instead of twice.
 """
 
 from __future__ import annotations
@@ -30,7 +35,26 @@ from freshrec.state.popularity import ItemStats
 
 # Interactions that mean "the user engaged with this item": history, co-visitation, seen.
 ENGAGEMENTS = frozenset({"click", "conversion", "rating"})
-assert "impression" not in pop.POPULARITY_WEIGHTS  # FeatureStore._add_impressions counts them without popularity
+assert "impression" not in pop.POPULARITY_WEIGHTS  # impressions are counted without popularity (add_impressions)
+
+
+def _covis_targets(item: str, pairs: list[tuple[str, float]]) -> tuple[list[tuple[str, list[tuple[str, float]]]],
+                                                                       list[tuple[str, float]]]:
+    """Where an engagement's co-visitation pairs go: ``(row item, pairs)`` for the item's own row
+    (every pair) and for neighbours that come twice in the window (both weights in one step), and
+    ``(neighbour, weight)`` for the usual neighbour that gets a single pair back to ``item``."""
+    neighbours = [neighbour for neighbour, _ in pairs]
+    if len(set(neighbours)) == len(neighbours):
+        return [(item, pairs)], pairs
+    back: dict[str, list[tuple[str, float]]] = {}
+    for neighbour, weight in pairs:
+        back.setdefault(neighbour, []).append((item, weight))
+    return [(item, pairs), *back.items()], []
+
+
+def _slate_counts(item_ids: list[str]) -> dict[str, int]:
+    """How often each item is in a slate (an item listed twice counts twice)."""
+    return Counter(item_ids) if len(set(item_ids)) != len(item_ids) else dict.fromkeys(item_ids, 1)
 
 
 def part_key(partition: int, item_id: str) -> str:
@@ -59,8 +83,9 @@ class FeatureStore:
 
     def __init__(self, settings: Settings, users: MutableMapping[str, dict] | None = None,
                  items: MutableMapping[str, dict] | None = None,
-                 covis: MutableMapping[str, dict] | None = None) -> None:
+                 covis: MutableMapping[str, dict] | None = None, partials: bool = True) -> None:
         self.settings = settings
+        self.partials = partials  # False: no per-partition rows, the merged views are the state
         self.half_life_ms = settings.half_life_s * 1000.0
         self.covis_half_life_ms = settings.covis_half_life_s * 1000.0
         self.users: MutableMapping[str, dict] = {} if users is None else users
@@ -73,7 +98,12 @@ class FeatureStore:
 
     # ------------------------------------------------------------------ recovery
     def rebuild(self, partitions: set[int] | None = None) -> None:
-        """Recompute merged views from the persisted partial rows (of ``partitions``)."""
+        """Recompute merged views from the persisted partial rows (of ``partitions``). Without
+        partials the views are the state: they are kept, only their caches are dropped."""
+        if not self.partials:
+            self.covis.reset_cache()
+            self._stream_time_from_users()
+            return
         self.item_stats = ItemStats(self.half_life_ms)
         self.covis = CoVisitation(self.covis_half_life_ms, self.settings.covis_max_neighbors)
         for key, row in self.item_parts.items():
@@ -84,9 +114,44 @@ class FeatureStore:
             p, item = split_part_key(key)
             if partitions is None or p in partitions:
                 self.covis.merge(item, row)
+        self._stream_time_from_users()
+
+    def _stream_time_from_users(self) -> None:
         for row in self.users.values():
             if row and row.get("last_ts", 0) > self.stream_time_ms:
                 self.stream_time_ms = row["last_ts"]
+
+    def item_rows(self) -> dict[str, dict]:
+        """The persisted item-level rows, for a checkpoint: the partials, or without them the
+        merged item rows."""
+        return dict(self.item_parts if self.partials else self.item_stats.rows)
+
+    def covis_rows(self) -> dict[str, dict]:
+        """:meth:`item_rows` for co-visitation."""
+        return dict(self.covis_parts if self.partials else self.covis.rows)
+
+    def load_rows(self, items: dict[str, dict], covis: dict[str, dict], partials: bool) -> None:
+        """Restore :meth:`item_rows` / :meth:`covis_rows` (``partials``: what kind they are).
+        Partials load into a store without them by merging (a checkpoint of an older build)."""
+        if partials == self.partials:
+            if partials:
+                self.item_parts.clear(); self.item_parts.update(items)  # noqa: E702
+                self.covis_parts.clear(); self.covis_parts.update(covis)  # noqa: E702
+                return
+            self.item_stats = ItemStats(self.half_life_ms)
+            self.item_stats.rows.update(items)
+            self.covis = CoVisitation(self.covis_half_life_ms, self.settings.covis_max_neighbors)
+            self.covis.rows.update(covis)
+            return
+        if not partials:
+            raise ValueError("these rows hold no per-partition partials; a store that keeps "
+                             "partials (partitions that move between workers) cannot load them")
+        self.item_stats = ItemStats(self.half_life_ms)
+        self.covis = CoVisitation(self.covis_half_life_ms, self.settings.covis_max_neighbors)
+        for key, row in items.items():
+            self.item_stats.merge(split_part_key(key)[1], row)
+        for key, row in covis.items():
+            self.covis.merge(split_part_key(key)[1], row)
 
     # ------------------------------------------------------------------ apply
     def user(self, user_id: str) -> dict | None:
@@ -126,6 +191,10 @@ class FeatureStore:
             return False
 
         user_fresh = urow["wm"] < offset
+        if not self.partials:
+            if not user_fresh:  # the checkpointed state holds the whole event
+                return True
+            return self._apply_merged(event, etype, urow, ts, partition, offset, dirty)
         previous = us.history_before(urow, offset)
 
         if etype == "impression":
@@ -146,24 +215,52 @@ class FeatureStore:
             self._add_covis(event["item_id"], previous, ts, partition, offset, dirty)
 
         if user_fresh:
+            self._update_user(event, etype, urow, ts, partition, offset, dirty)
+        return True
+
+    def _update_user(self, event: dict, etype: str, urow: dict, ts: int, partition: int, offset: int,
+                     dirty: Dirty) -> None:
+        s = self.settings
+        if etype in ENGAGEMENTS:
+            us.add_history(urow, event["item_id"], ts, offset, s.history_len)
+        if etype in ENGAGEMENTS or etype == "dismiss":
+            us.mark_seen(urow, event["item_id"], ts, s.seen_max)
+        us.remember_event(urow, event["event_id"], offset, s.dedupe_window)
+        if ts > urow["last_ts"]:
+            urow["last_ts"] = ts
+        urow["wm"] = offset
+        dirty.users[event["user_id"]] = partition
+
+    def _apply_merged(self, event: dict, etype: str, urow: dict, ts: int, partition: int, offset: int,
+                      dirty: Dirty) -> bool:
+        """:meth:`apply` without partials, of an event the user row does not hold yet: the
+        same changes to the merged views as through the partials, one write each."""
+        if etype == "impression":
+            self.item_stats.add_impressions(_slate_counts(event["item_ids"]))
+        else:
+            item = event["item_id"]
+            self.item_stats.add(item, {etype: 1}, ts)
             if etype in ENGAGEMENTS:
-                us.add_history(urow, event["item_id"], ts, offset, s.history_len)
-            if etype in ENGAGEMENTS or etype == "dismiss":
-                us.mark_seen(urow, event["item_id"], ts, s.seen_max)
-            us.remember_event(urow, event["event_id"], offset, s.dedupe_window)
-            if ts > urow["last_ts"]:
-                urow["last_ts"] = ts
-            urow["wm"] = offset
-            dirty.users[user_id] = partition
+                pairs = cv.pairs_for(item, [e[0] for e in urow["h"]], self.settings.covis_window)
+                if pairs:
+                    covis = self.covis
+                    rows, singles = _covis_targets(item, pairs)
+                    for row_item, row_pairs in rows:
+                        covis.add(row_item, row_pairs, ts)
+                    add_one = covis.add_one
+                    for neighbour, weight in singles:
+                        add_one(neighbour, item, weight, ts)
+        self._update_user(event, etype, urow, ts, partition, offset, dirty)
         return True
 
     def _add_impressions(self, item_ids: list[str], partition: int, offset: int, dirty: Dirty) -> None:
         """Count a slate's impressions (an item listed twice counts twice, its row changes once).
         ``pop.add_counts`` inlined: impressions add no popularity, and a slate is ~40% of the
         events and ten items each, the most frequent row update of the stream."""
-        counts = Counter(item_ids) if len(set(item_ids)) != len(item_ids) else dict.fromkeys(item_ids, 1)
-        parts, merged, dirty_items = self.item_parts, self.item_stats.rows, dirty.items
+        counts = _slate_counts(item_ids)
+        parts, dirty_items = self.item_parts, dirty.items
         prefix = part_key(partition, "")  # each key is prefix + item (part_key, without a call per item)
+        held: list[str] = []  # rows that already hold this offset (a replay after a crash)
         for item, n in counts.items():
             key = prefix + item
             prow = parts.get(key)
@@ -173,12 +270,12 @@ class FeatureStore:
                 c = prow["c"]
                 c["impression"] = c.get("impression", 0) + n
                 prow["wm"] = offset
-                mrow = merged.get(item)
-                if mrow is None:
-                    mrow = merged[item] = pop.new_item_row()
-                c = mrow["c"]
-                c["impression"] = c.get("impression", 0) + n
                 dirty_items[key] = partition
+            else:
+                held.append(item)
+        if held:
+            counts = {item: n for item, n in counts.items() if item not in held}
+        self.item_stats.add_impressions(counts)
 
     def _add_covis(self, item: str, previous: list[str], ts: int, partition: int, offset: int,
                    dirty: Dirty) -> None:
@@ -186,27 +283,31 @@ class FeatureStore:
         pairs = cv.pairs_for(item, previous, self.settings.covis_window)
         if not pairs:
             return
-        # the item's row gets every pair, each neighbour's row its pair back to the item
-        rows: list[tuple[str, list[tuple[str, float]]]] = [(item, pairs)]
-        neighbours = [neighbour for neighbour, _ in pairs]
-        if len(set(neighbours)) == len(neighbours):
-            rows.extend((neighbour, [(item, weight)]) for neighbour, weight in pairs)
-        else:  # an item twice in the window: its row gets both weights in one step
-            back: dict[str, list[tuple[str, float]]] = {}
-            for neighbour, weight in pairs:
-                back.setdefault(neighbour, []).append((item, weight))
-            rows.extend(back.items())
         hl, cap = self.covis_half_life_ms, self.settings.covis_max_neighbors
         prefix = part_key(partition, "")
-        for row_item, pairs in rows:
+        parts, merged = self.covis_parts, self.covis
+        rows, singles = _covis_targets(item, pairs)
+        for row_item, row_pairs in rows:
             key = prefix + row_item
-            row = self.covis_parts.get(key)
+            row = parts.get(key)
             if row is None:
-                row = self.covis_parts[key] = cv.new_covis_row()
+                row = parts[key] = cv.new_covis_row()
             if row["wm"] >= offset:
                 continue
-            cv.add_pairs(row, pairs, ts, hl, cap)
-            self.covis.add(row_item, pairs, ts)
+            cv.add_pairs(row, row_pairs, ts, hl, cap)
+            merged.add(row_item, row_pairs, ts)
+            row["wm"] = offset
+            dirty.covis[key] = partition
+        add_pair, add_one = cv.add_pair, merged.add_one
+        for neighbour, weight in singles:
+            key = prefix + neighbour
+            row = parts.get(key)
+            if row is None:
+                row = parts[key] = cv.new_covis_row()
+            if row["wm"] >= offset:
+                continue
+            add_pair(row, item, weight, ts, hl, cap)
+            add_one(neighbour, item, weight, ts)
             row["wm"] = offset
             dirty.covis[key] = partition
 

@@ -89,17 +89,22 @@ def wall_ms() -> int:
 
 
 class Pipeline:
-    """A worker's state and the functions the agents call on each batch."""
+    """A worker's state and the functions the agents call on each batch.
+
+    ``partials``: keep per-partition item rows beside the merged views (the Faust engine's
+    tables, whose partitions move between workers); False for a worker that owns every
+    partition and checkpoints its whole state (see :class:`FeatureStore`)."""
 
     def __init__(self, settings: Settings, users: MutableMapping[str, dict] | None = None,
                  items: MutableMapping[str, dict] | None = None,
                  covis: MutableMapping[str, dict] | None = None,
                  catalogue: MutableMapping[str, dict] | None = None,
-                 clock: Callable[[], int] = wall_ms, rollout: RolloutConfig | None = None) -> None:
+                 clock: Callable[[], int] = wall_ms, rollout: RolloutConfig | None = None,
+                 partials: bool = True) -> None:
         self.settings = settings
         self.clock = clock
         self.keys = RedisKeys(settings.redis_prefix)
-        self.features = FeatureStore(settings, users, items, covis)
+        self.features = FeatureStore(settings, users, items, covis, partials=partials)
         self.catalogue = Catalogue(catalogue)
         self.trending = Trending(self.features.item_stats, self.catalogue, settings.trending_k)
         self.drift = DriftMonitor([*FEATURES, "prediction"], window=settings.drift_window)
@@ -180,7 +185,7 @@ class Pipeline:
         f = self.features
         return {
             "version": 1, "model": self.model_kind, "rollout": self.rollout.config.to_dict(),
-            "users": dict(f.users), "items": dict(f.item_parts), "covis": dict(f.covis_parts),
+            "users": dict(f.users), "items": f.item_rows(), "covis": f.covis_rows(), "partials": f.partials,
             "catalogue": dict(self.catalogue.rows), "stream_time_ms": f.stream_time_ms,
             "pending_users": list(self.pending_users), "deleted_users": list(self.deleted_users),
             "pending_similar": list(self.pending_similar), "counters": dict(self.counters),
@@ -194,8 +199,7 @@ class Pipeline:
                              f"{self.model_kind!r}: use a fresh FRESHREC_APP_ID or FRESHREC_MODEL")
         f = self.features
         f.users.clear(); f.users.update(state["users"])  # noqa: E702
-        f.item_parts.clear(); f.item_parts.update(state["items"])  # noqa: E702
-        f.covis_parts.clear(); f.covis_parts.update(state["covis"])  # noqa: E702
+        f.load_rows(state["items"], state["covis"], partials=state.get("partials", True))
         self.catalogue.rows.clear(); self.catalogue.rows.update(state["catalogue"])  # noqa: E702
         self.rebuild()
         f.stream_time_ms = max(f.stream_time_ms, state["stream_time_ms"])

@@ -161,6 +161,9 @@ class PendingImpression:
     clicked: set[str]
 
 
+MAX_QUEUED_INVALIDATIONS = 1 << 16  # ItemTable applies its queued invalidations at this many, read or not
+
+
 class ItemTable:
     """Dense int codes for the items the ranker meets, and per-item arrays indexed by code.
 
@@ -189,7 +192,8 @@ class ItemTable:
         self.created = np.full(cap, np.nan, dtype=np.float64)  # created_at (epoch ms); NaN: unknown
         # ctr logit, popularity, trending, freshness: computed when needed, kept while valid
         self.item_features = np.zeros((cap, 4), dtype=np.float64)
-        self.valid = np.zeros(cap, dtype=bool)
+        self._valid = np.zeros(cap, dtype=bool)  # read through ``valid`` (it applies _invalidated first)
+        self._invalidated: list[str] = []  # items invalidated since ``valid`` was last read
         self._mark = np.zeros(cap, dtype=bool)  # scratch for masks (all False between calls)
 
     def __len__(self) -> int:
@@ -197,7 +201,7 @@ class ItemTable:
 
     def _grow(self) -> None:
         cap = 2 * len(self.ids)
-        for name in ("ids", "mf_row", "content", "cat", "deleted", "created", "item_features", "valid", "_mark"):
+        for name in ("ids", "mf_row", "content", "cat", "deleted", "created", "item_features", "_valid", "_mark"):
             old = getattr(self, name)
             new = np.empty((cap,) + old.shape[1:], dtype=old.dtype)
             new[: len(old)] = old
@@ -232,7 +236,7 @@ class ItemTable:
         self.cat[code] = self.category_code(category)
         self.deleted[code] = deleted
         self.created[code] = np.nan if created is None else float(created)
-        self.valid[code] = False
+        self._valid[code] = False
 
     def update(self, item: str) -> None:
         """``item``'s catalogue row or content changed: describe it again."""
@@ -240,17 +244,31 @@ class ItemTable:
         if code is not None:
             self._describe(code, item)
 
+    @property
+    def valid(self) -> np.ndarray:
+        """Per code: whether ``item_features`` holds its current values. Invalidations are
+        queued (a slate invalidates its ten items, a consume batch holds ~860 slates) and
+        applied here, before any read, in one array write: a reader sees exactly what writing
+        each of them at once gave."""
+        self._apply_invalidations()
+        return self._valid
+
+    def _apply_invalidations(self) -> None:
+        if self._invalidated:
+            codes = [c for c in map(self.code.get, self._invalidated) if c is not None]
+            self._invalidated = []
+            if codes:
+                self._valid[codes] = False
+
     def invalidate(self, item: str) -> None:
         """``item``'s item-level features changed (an event on it): recompute them when needed."""
-        code = self.code.get(item)
-        if code is not None:
-            self.valid[code] = False
+        self._invalidated.append(item)
 
     def invalidate_many(self, items: Sequence[str]) -> None:
-        """:meth:`invalidate` of each of ``items`` (a slate's), in one array write."""
-        known = [c for c in map(self.code.get, items) if c is not None]
-        if known:
-            self.valid[known] = False
+        """:meth:`invalidate` of each of ``items`` (a slate's)."""
+        self._invalidated.extend(items)
+        if len(self._invalidated) > MAX_QUEUED_INVALIDATIONS:  # nothing read them for long
+            self._apply_invalidations()
 
     def codes(self, items: Sequence[str] | Collection[str]) -> np.ndarray:
         """The code of each of ``items`` (any sized iterable, e.g. a dict's keys), registering new ones."""
@@ -471,7 +489,6 @@ class LearningRecommender:
             imp.X = X
 
     def _learn_impression(self, event: dict, user_row: dict | None) -> None:
-        user, items = event["user_id"], list(dict.fromkeys(event["item_ids"]))
         rid = event["request_id"]
         if not self._sampled(rid):
             self.unsampled[rid] = None  # its clicks are not learned against the published list either
@@ -479,6 +496,7 @@ class LearningRecommender:
                 self.unsampled.popitem(last=False)
             self.counters["impressions_unsampled"] += 1
             return
+        user, items = event["user_id"], list(dict.fromkeys(event["item_ids"]))
         ctx = self.context(user, user_row, only=items)
         positions = [event["item_ids"].index(i) for i in items]
         if rid in self.pending:  # a resent slate: learn the earlier one now

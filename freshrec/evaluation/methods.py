@@ -178,7 +178,7 @@ class FreshrecMethod:
         self._since_index = 0
         self.partitions = int(partitions)
         self.latest_ts = 0
-        self.pipeline = Pipeline(self.settings, clock=self._clock)
+        self.pipeline = Pipeline(self.settings, clock=self._clock, partials=False)  # as the stream engine
         self._offsets: dict[tuple[str, int], int] = {}
         self._since_refresh = 0
         s = self.settings

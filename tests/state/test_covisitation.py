@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from freshrec.state.covisitation import SORT_BELOW, CoVisitation, pairs_for, strongest
+from freshrec.state.covisitation import SORT_BELOW, CoVisitation, add_pair, add_pairs, new_covis_row, pairs_for, strongest
 
 
 def test_pairs_weight_recent_neighbours_more_and_skip_self():
@@ -35,3 +35,26 @@ def test_strongest_is_nlargest_ties_included(size):
     for n in (1, 50, size + 5):
         expected = heapq.nlargest(n, weights.items(), key=lambda kv: kv[1])
         assert strongest(weights, n) == expected
+
+
+def test_add_pair_is_add_pairs_of_one_pair_bit_for_bit():
+    # random single-pair updates through the rebase (far-apart times) and the pruning (a small cap)
+    rng = random.Random(7)
+    one, many = new_covis_row(), new_covis_row()
+    ts = 0
+    for step in range(3000):
+        ts += rng.choice([0, 1, 1000, 10**6, 10**9])
+        neighbour, weight = f"n{rng.randint(0, 40)}", rng.random()
+        add_pair(one, neighbour, weight, ts, 1000.0, 20)
+        add_pairs(many, [(neighbour, weight)], ts, 1000.0, 20)
+        assert one == many, step
+    assert len(one["n"]) <= 30 and one["t0"] > 0  # both paths were exercised
+
+
+def test_covisitation_add_one_is_add_of_one_pair():
+    a, b = CoVisitation(3.6e6, 10), CoVisitation(3.6e6, 10)
+    for t, (item, nb, w) in enumerate([("x", "y", 1.0), ("y", "x", 0.5), ("x", "z", 0.25), ("x", "y", 2.0)]):
+        a.add_one(item, nb, w, t * 1000)
+        b.add(item, [(nb, w)], t * 1000)
+    assert a.rows == b.rows
+    assert a.neighbours("x") == b.neighbours("x")

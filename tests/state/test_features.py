@@ -2,6 +2,8 @@ import copy
 import random
 from collections import Counter
 
+import pytest
+
 from freshrec.settings import Settings
 from freshrec.state.features import Dirty, FeatureStore, split_part_key
 
@@ -167,3 +169,59 @@ def test_covisitation_rows_equal_pairs_added_one_event_at_a_time():
                              store.covis_half_life_ms, settings.covis_max_neighbors)
     assert repeated > 0
     assert {k: r["n"] for k, r in store.covis.rows.items() if r["n"]} == {k: r["n"] for k, r in expected.items()}
+
+
+def _with_history(events, items=40, seed=5):
+    """The events plus bursts of clicks by one user, so that histories fill the covis window
+    and an item comes twice in it (both co-visitation paths)."""
+    rng = random.Random(seed)
+    out = list(events)
+    for j in range(120):
+        out.append({"type": "click", "user_id": "u0", "item_id": f"i{rng.randrange(items // 4)}",
+                    "event_id": f"h{j}", "ts": 2_000_000 + j * 500, "v": 1})
+    return out
+
+
+def test_a_store_without_partials_has_the_merged_views_of_one_with_them_bit_for_bit():
+    events = _with_history(_events(n=900))
+    stream = _partitioned(events + [dict(e) for e in events[::11]])  # and resent duplicates
+    with_parts, merged = FeatureStore(Settings()), FeatureStore(Settings(), partials=False)
+    out_parts = [with_parts.apply(ev, p, o, Dirty()) for p, o, ev in stream]
+    out_merged = [merged.apply(ev, p, o, Dirty()) for p, o, ev in stream]
+    assert out_parts == out_merged
+    assert merged.item_stats.rows == with_parts.item_stats.rows
+    assert merged.covis.rows == with_parts.covis.rows
+    assert merged.users == with_parts.users
+    assert not merged.item_parts and not merged.covis_parts  # nothing written twice
+    assert max(len(r["n"]) for r in merged.covis.rows.values()) > 10  # long histories were met
+
+
+def test_without_partials_a_replayed_event_the_user_row_holds_changes_nothing():
+    store = FeatureStore(Settings(), partials=False)
+    stream = _partitioned(_with_history(_events(n=300)))
+    for p, o, ev in stream:
+        store.apply(ev, p, o, Dirty())
+    before = copy.deepcopy((store.item_stats.rows, store.covis.rows, store.users))
+    for p, o, ev in stream[-50:]:  # the tail again, at its own offsets (a re-read after a seek)
+        assert store.apply(ev, p, o, Dirty())
+    assert (store.item_stats.rows, store.covis.rows, store.users) == before
+
+
+def test_rows_load_into_a_store_of_either_kind():
+    stream = _partitioned(_with_history(_events(n=400)))
+    with_parts, merged = FeatureStore(Settings()), FeatureStore(Settings(), partials=False)
+    for p, o, ev in stream:
+        with_parts.apply(ev, p, o, Dirty())
+        merged.apply(ev, p, o, Dirty())
+    same = FeatureStore(Settings(), partials=False)  # a checkpoint of the stream engine
+    same.load_rows(copy.deepcopy(merged.item_rows()), copy.deepcopy(merged.covis_rows()), partials=False)
+    assert same.item_stats.rows == merged.item_stats.rows and same.covis.rows == merged.covis.rows
+    older = FeatureStore(Settings(), partials=False)  # a checkpoint written with partials: merged
+    older.load_rows(with_parts.item_rows(), with_parts.covis_rows(), partials=True)
+    assert _store_counts(older) == _store_counts(merged)
+    for item, row in merged.covis.rows.items():
+        for nb, w in row["n"].items():
+            mine = older.covis.rows[item]
+            assert abs(mine["n"][nb] * 2 ** ((mine["t0"] - row["t0"]) / older.covis_half_life_ms) - w) < 1e-9 * max(1, w)
+    with pytest.raises(ValueError, match="no per-partition partials"):
+        FeatureStore(Settings()).load_rows(merged.item_rows(), merged.covis_rows(), partials=False)

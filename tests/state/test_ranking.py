@@ -394,6 +394,24 @@ def test_an_impression_or_click_makes_its_items_features_be_computed_afresh():
     assert after[2] > before[2]  # clicked (an impressionless click counts as one)
 
 
+def test_queued_invalidations_apply_before_any_read_and_stay_bounded(monkeypatch):
+    import freshrec.state.ranking as ranking
+
+    table = ranking.ItemTable(4, lambda item: (None, None, False, None))
+    codes = table.codes(["a", "b", "c"])
+    table.valid[codes] = True
+    table.invalidate_many(["a", "unknown"])  # an item the table has not met is ignored
+    table.invalidate("c")
+    assert table.valid[codes].tolist() == [False, True, False]
+    assert table.codes(["unknown"])[0] == 3 and not table.valid[3]  # met later: invalid as any new code
+    table.valid[codes] = True
+    monkeypatch.setattr(ranking, "MAX_QUEUED_INVALIDATIONS", 5)
+    table.invalidate_many(["a"] * 3)
+    assert len(table._invalidated) == 3
+    table.invalidate_many(["b"] * 3)  # past the bound: applied without waiting for a read
+    assert table._invalidated == [] and table._valid[codes].tolist() == [False, False, True]
+
+
 def test_list_contexts_score_co_visitation_on_arrays_exactly_as_the_dict_merge_does():
     from freshrec.state.covisitation import strongest
     from freshrec.state.ranking import NEIGHBOURS_N

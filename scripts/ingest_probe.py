@@ -1,0 +1,89 @@
+"""The worker's per-batch work in process, on the benchmark's synthetic stream: WARM interactions
+to build up state, then MEASURE interactions timed (or counted by callgrind, see count_instructions.sh).
+
+    python scripts/ingest_probe.py [--warm 50000] [--measure 10000] [--partials] [--no-freeze]
+
+Batches of ``FRESHREC_BATCH_MAX`` messages in stream order (catalogue changes applied first, as
+the stream engine does), on 8 partitions keyed by user and item, the worker's garbage
+collector settings (and its ``gc.freeze()`` after each batch unless ``--no-freeze``), a flush
+whenever one is due with a clock that moves 250 ms a batch, and the worker "behind" (the
+benchmark's backlog phase). ``--partials`` keeps per-partition item rows (the Faust engine's
+layout) instead of the stream engine's merged views.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import time
+import zlib
+
+import orjson
+
+from freshrec.settings import load_settings
+from freshrec.state.pipeline import Pipeline, Record
+from freshrec.streams.datasets.synthetic import synthetic_events
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--warm", type=int, default=50_000, help="interactions applied before the measured part (with the catalogue changes among them)")
+    ap.add_argument("--measure", type=int, default=10_000, help="interactions in the measured part")
+    ap.add_argument("--partials", action="store_true", help="per-partition item rows (the Faust engine's layout)")
+    ap.add_argument("--no-freeze", action="store_true", help="no gc.freeze() after each batch")
+    ap.add_argument("--handshake", metavar="FILE",
+                    help="before the measured part, write the pid to FILE and wait for FILE.ack "
+                         "(count_instructions.sh turns callgrind's instrumentation on in between)")
+    args = ap.parse_args()
+
+    s = load_settings()
+    events = list(synthetic_events(n_users=20_000, n_items=10_000, n_events=args.warm + args.measure,
+                                   seed=1, realtime=True))
+    now = [1_800_000_000_000]
+    p = Pipeline(s, clock=lambda: now[0], partials=args.partials)
+    offsets = {"c": 0, "i": 0}
+
+    def record(e: dict) -> Record:
+        topic, key = ("c", e["item_id"]) if e["type"].startswith("item_") else ("i", e["user_id"])
+        offsets[topic] += 1
+        return Record(topic, zlib.crc32(key.encode()) % 8, offsets[topic], orjson.dumps(e))
+
+    records = [record(e) for e in events]
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)  # as StreamWorker.run
+
+    def run(lo: int, hi: int) -> int:
+        """Batches as the stream engine makes them: catalogue first, then the interactions."""
+        lists = 0
+        for i in range(lo, hi, s.batch_max):
+            batch = records[i:min(i + s.batch_max, hi)]
+            p.set_behind(True)
+            p.process_catalogue([r for r in batch if r.topic == "c"])
+            p.process_interactions([r for r in batch if r.topic == "i"])
+            if not args.no_freeze:
+                gc.freeze()
+            now[0] += 250
+            if p.due():
+                lists += p.collect_updates().recs
+        return lists
+
+    inter = [j for j, r in enumerate(records) if r.topic == "i"]
+    warm = inter[args.warm] if args.warm < len(inter) else len(records)  # the first measured message
+    run(0, warm)
+    if args.handshake:
+        with open(args.handshake, "w") as f:
+            f.write(str(os.getpid()))
+        while not os.path.exists(args.handshake + ".ack"):
+            time.sleep(0.2)
+    t0 = time.process_time()
+    lists = run(warm, len(records))
+    cpu = time.process_time() - t0
+    n = len(inter) - args.warm
+    print(f"measured {n} interactions, {len(records) - warm - n} catalogue changes, {lists} lists: "
+          f"{cpu:.2f} CPU s, {n / max(cpu, 1e-9):,.0f} interactions per CPU second")
+
+
+if __name__ == "__main__":
+    main()
