@@ -18,6 +18,7 @@ All figures come from one run on the same topic, so ratios are meaningful on a n
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import time
@@ -84,8 +85,21 @@ def faust_consume_rate(settings: Settings, topic: str, expected: int, timeout_s:
     raise click.ClickException(f"bare Faust consumer failed:\n{out.stderr[-2000:]}")
 
 
-def pipeline_rate(settings: Settings, expected: int, proc: subprocess.Popen, timeout_s: float = 900.0) -> tuple[float, float]:
-    """Events/s of the worker over the preloaded backlog: (rate, seconds)."""
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds a process (all its threads) has used so far; None where Linux's
+    ``/proc`` is not there. Beside a rate it tells "the worker was slow" from "the worker did not
+    get the CPU" on a shared machine."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def pipeline_rate(settings: Settings, expected: int, proc: subprocess.Popen,
+                  timeout_s: float = 900.0) -> tuple[float, float, float | None]:
+    """Events/s of the worker over the preloaded backlog: (rate, seconds, the worker's CPU
+    seconds in them or None)."""
     from freshrec.streams.lag import total_lag
 
     topics = [settings.interactions_topic]
@@ -100,11 +114,13 @@ def pipeline_rate(settings: Settings, expected: int, proc: subprocess.Popen, tim
             lag = expected
         now = time.monotonic()
         if t_first is None and lag < expected:
-            t_first, lag_first = now, lag
+            t_first, lag_first, cpu_first = now, lag, process_cpu_s(proc.pid)
         if lag == 0 and t_first is not None:
             # Rate over the events consumed between the first observed commit and the last one
             # (commits land about once per second, so start-up time is left out).
-            return lag_first / max(now - t_first, 1e-9), now - t_first
+            cpu_last = process_cpu_s(proc.pid)
+            cpu = cpu_last - cpu_first if cpu_first is not None and cpu_last is not None else None
+            return lag_first / max(now - t_first, 1e-9), now - t_first, cpu
         time.sleep(0.1)
     raise click.ClickException("worker did not catch up in time")
 
@@ -258,7 +274,7 @@ def bench(events: int, users: int, items: int, rates: tuple[float, ...], seconds
     click.echo(f"pipeline: starting a worker (log {log_path}) on the backlog ...", err=True)
     proc = start_worker_process(settings, log_path)
     try:
-        rate, secs = pipeline_rate(settings, n_interactions, proc)
+        rate, secs, cpu_s = pipeline_rate(settings, n_interactions, proc)
         wait_caught_up(settings, quiet=True, proc=proc)
         fresh = [_measure_freshness(settings, r, seconds, users, items, proc, seed=2 + i)
                  for i, r in enumerate(rates)]
@@ -272,6 +288,7 @@ def bench(events: int, users: int, items: int, rates: tuple[float, ...], seconds
               "raw_consume_decode_events_per_s": round(raw_rate),
               "bare_faust_consume_decode_events_per_s": round(faust_rate) if faust_rate else None,
               "pipeline_events_per_s": round(rate), "pipeline_seconds": round(secs, 2),
+              "pipeline_worker_cpu_s": round(cpu_s, 2) if cpu_s is not None else None,
               "ratio_pipeline_to_raw": round(rate / raw_rate, 4), "freshness": fresh}
     click.echo("")
     click.echo(f"events in backlog:                      {n_interactions:,}")
@@ -281,6 +298,9 @@ def bench(events: int, users: int, items: int, rates: tuple[float, ...], seconds
                    f"({100 * faust_rate / raw_rate:.1f}% of raw)")
     click.echo(f"whole pipeline ({engine} engine, {model}): {rate:>10,.0f} events/s   "
                f"({100 * rate / raw_rate:.1f}% of raw)")
+    if cpu_s:
+        click.echo(f"  the worker's CPU on the backlog: {cpu_s:.1f} s in {secs:.1f} s ({100 * cpu_s / secs:.0f}% of a core): "
+                   f"{rate * secs / cpu_s:,.0f} events per CPU second")
     for f in fresh:
         click.echo(f"freshness at {f['target_rate']:>6,.0f} ev/s (produced {f['achieved_produce_rate']:,.0f}/s): "
                    f"p50 {f['p50_ms']} ms  p99 {f['p99_ms']} ms  over {f['lists']:,} lists")

@@ -22,3 +22,18 @@ def test_a_list_counts_only_when_it_reflects_the_users_newest_event():
 def test_no_active_users_gives_no_share():
     got = newest_event_freshness({}, {})
     assert got == {"active_users": 0, "reflecting_newest": 0, "share": None, "p50_ms": None, "p99_ms": None}
+
+
+def test_process_cpu_seconds_grow_with_work_and_unknown_pids_give_none():
+    import os
+    import time
+
+    from freshrec.bench import process_cpu_s
+
+    before = process_cpu_s(os.getpid())
+    t_end = time.process_time() + 0.3
+    while time.process_time() < t_end:  # burn ~0.3 s of CPU
+        pass
+    after = process_cpu_s(os.getpid())
+    assert before is not None and 0.2 <= after - before <= 5.0
+    assert process_cpu_s(2**31 - 1) is None  # no such process
