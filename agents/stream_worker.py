@@ -8,7 +8,8 @@ straight from librdkafka (``Consumer.consume``), so per-event cost is the pipeli
 Exactly-once state without changelogs: the whole state (features, models, indices) is
 checkpointed every ``FRESHREC_CHECKPOINT_INTERVAL_S`` with the offsets it reflects
 (:mod:`freshrec.state.checkpoint`), so item-level features need no per-partition rows
-(``Pipeline(partials=False)``: one write per impression and co-visitation pair, not two). A restarted worker loads the newest checkpoint, seeks every
+(``Pipeline(partials=False)``: one write per impression and co-visitation pair, not two). A
+restarted worker loads the newest checkpoint, seeks every
 partition to the checkpoint's offset and replays only the tail, so every event is applied to
 the state exactly once whatever the crash point. The consumer group's committed offsets are
 written every second for lag monitoring only; recovery never reads them. Redis writes are
