@@ -1,14 +1,15 @@
 """The worker's per-batch work in process, on the benchmark's synthetic stream: WARM interactions
 to build up state, then MEASURE interactions timed (or counted by callgrind, see count_instructions.sh).
 
-    python scripts/ingest_probe.py [--warm 50000] [--measure 10000] [--partials] [--no-freeze]
+    python scripts/ingest_probe.py [--warm 50000] [--measure 10000] [--partials] [--no-freeze] [--lists N]
 
 Batches of ``FRESHREC_BATCH_MAX`` messages in stream order (catalogue changes applied first, as
 the stream engine does), on 8 partitions keyed by user and item, the worker's garbage
 collector settings (and its ``gc.freeze()`` after each batch unless ``--no-freeze``), a flush
 whenever one is due with a clock that moves 250 ms a batch, and the worker "behind" (the
 benchmark's backlog phase). ``--partials`` keeps per-partition item rows (the Faust engine's
-layout) instead of the stream engine's merged views.
+layout) instead of the stream engine's merged views. ``--lists N`` measures N lists instead
+(after the warm-up: the first N users' lists, in batches as the worker makes them).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import zlib
 import orjson
 
 from freshrec.settings import load_settings
-from freshrec.state.pipeline import Pipeline, Record
+from freshrec.state.pipeline import PUBLISH_CHUNK, Pipeline, Record, publish_many
 from freshrec.streams.datasets.synthetic import synthetic_events
 
 
@@ -32,6 +33,8 @@ def main() -> None:
     ap.add_argument("--measure", type=int, default=10_000, help="interactions in the measured part")
     ap.add_argument("--partials", action="store_true", help="per-partition item rows (the Faust engine's layout)")
     ap.add_argument("--no-freeze", action="store_true", help="no gc.freeze() after each batch")
+    ap.add_argument("--lists", type=int, default=0, metavar="N",
+                    help="measure N published lists after the warm-up instead of the interactions")
     ap.add_argument("--handshake", metavar="FILE",
                     help="before the measured part, write the pid to FILE and wait for FILE.ack "
                          "(count_instructions.sh turns callgrind's instrumentation on in between)")
@@ -77,6 +80,15 @@ def main() -> None:
             f.write(str(os.getpid()))
         while not os.path.exists(args.handshake + ".ack"):
             time.sleep(0.2)
+    if args.lists:
+        users = list(p.features.users)[: args.lists]
+        rows = [(u, p.features.user(u)) for u in users]
+        t0 = time.process_time()
+        for start in range(0, len(rows), PUBLISH_CHUNK):
+            publish_many(p.recommender, rows[start:start + PUBLISH_CHUNK], s.recs_k)
+        cpu = time.process_time() - t0
+        print(f"measured {len(rows)} lists: {cpu:.2f} CPU s, {1000 * cpu / max(len(rows), 1):.3f} ms per list")
+        return
     t0 = time.process_time()
     lists = run(warm, len(records))
     cpu = time.process_time() - t0

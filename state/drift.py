@@ -69,14 +69,17 @@ class DriftMonitor:
         self.recent: deque[tuple[str, float]] = deque(maxlen=20)  # (column, max PSI) of the last windows
 
     def observe(self, rows: np.ndarray) -> None:
-        """Add rows of shape ``(n, len(names))``; closes a window when ``window`` rows are in."""
-        if rows.size == 0:
-            return
-        self._rows.append(np.asarray(rows, dtype=np.float64))
-        self._n += len(rows)
-        if self._n >= self.window:
-            self._close(np.concatenate(self._rows))
-            self._rows, self._n = [], 0
+        """Add rows of shape ``(n, len(names))``; each ``window`` rows in arrival order close a
+        window (the same windows however the rows are split between calls)."""
+        rows = np.asarray(rows, dtype=np.float64)
+        while len(rows):
+            take = min(len(rows), self.window - self._n)
+            self._rows.append(rows[:take])
+            self._n += take
+            rows = rows[take:]
+            if self._n >= self.window:
+                self._close(np.concatenate(self._rows))
+                self._rows, self._n = [], 0
 
     def _close(self, data: np.ndarray) -> None:
         self.windows += 1

@@ -67,3 +67,33 @@ def test_every_metric_the_dashboard_queries_is_exported():
     queried = {name for p in dash["panels"] for t in p["targets"]
                for name in re.findall(r"freshrec_[a-z_]+", t["expr"])}
     assert queried and queried <= exported, queried - exported
+
+
+def test_the_kafka_probe_reports_a_broker_that_does_not_answer_off_the_loop():
+    """The probe thread marks Kafka down when nothing answers (a real client on a closed port),
+    and stops when asked. /ready with a live broker is tested on the real worker."""
+    import socket
+    import time
+
+    from confluent_kafka import Consumer
+
+    from freshrec.agents.stream_worker import KafkaProbe
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    consumer = Consumer({"bootstrap.servers": f"127.0.0.1:{port}", "group.id": "probe-test",
+                         "log_level": 0, "socket.connection.setup.timeout.ms": 1000})
+    m = _metrics()
+    m.kafka_ok = True
+    probe = KafkaProbe(consumer, "t.interactions", m, interval_s=0.1).start()
+    try:
+        deadline = time.monotonic() + 10
+        while m.kafka_ok and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert m.kafka_ok is False
+    finally:
+        t0 = time.monotonic()
+        probe.stop()
+        assert time.monotonic() - t0 < 5 and not probe._thread.is_alive()
+        consumer.close()

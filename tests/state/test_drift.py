@@ -71,3 +71,19 @@ def test_drift_moves_when_the_replayed_data_set_changes_mid_stream(shared_datase
     assert before and after, (before, after)
     assert max(after) > 0.25, after
     assert max(after) > 3 * np.median(before), (before, after)
+
+
+def test_windows_are_the_same_however_the_rows_are_split_between_calls():
+    rng = np.random.default_rng(1)
+    rows = np.column_stack([rng.normal(0, 1, 9000), rng.integers(0, 3, 9000)])
+    whole, pieces = DriftMonitor(["a", "b"], window=2000), DriftMonitor(["a", "b"], window=2000)
+    whole.observe(rows)
+    start = 0
+    for size in rng.integers(1, 700, 100):
+        pieces.observe(rows[start:start + size])
+        start += size
+        if start >= len(rows):
+            break
+    pieces.observe(rows[start:])
+    assert whole.windows == pieces.windows == 4
+    assert whole.psi == pieces.psi and whole.snapshot() == pieces.snapshot()

@@ -465,3 +465,44 @@ def test_a_user_without_engagements_gets_no_candidates_from_his_mf_vector_until_
     feed.refresh()
     engaged = rec.candidates(rec.context("lurker", features.user("lurker")))
     assert set(engaged) - shared - {"i4"}, engaged  # ANN from his vector (and near his item) again
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rank_features_are_each_rows_share_of_its_groups_references_below_it(seed):
+    """_rank_within (one sort of packed keys) and its search-based fallback equal the per-group
+    definition, with ties, signed zeros, empty groups and groups without reference rows."""
+    from freshrec.state.ranking import _rank_within, _rank_within_by_search
+
+    rng = np.random.default_rng(seed)
+    for _ in range(60):
+        lengths = rng.integers(0, 300, rng.integers(1, 70))
+        n = int(lengths.sum())
+        owner = np.repeat(np.arange(len(lengths)), lengths)
+        values = np.round(rng.normal(size=n), int(rng.integers(0, 3)))  # many ties
+        values[rng.random(n) < 0.2] = -0.0
+        n_ref = np.array([rng.integers(0, m + 1) for m in lengths], dtype=np.intp)
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.intp)
+        is_ref = (np.arange(n) - starts[owner]) < n_ref[owner]
+        expected = np.zeros(n)
+        for g, (s, m) in enumerate(zip(starts, lengths)):
+            ref = np.sort(values[s:s + n_ref[g]])
+            expected[s:s + m] = np.searchsorted(ref, values[s:s + m], side="left") / max(len(ref), 1)
+        assert np.array_equal(_rank_within(values, owner, n_ref, is_ref), expected)
+        assert np.array_equal(_rank_within_by_search(values, owner, n_ref, is_ref), expected)
+
+
+def test_the_category_cap_takes_candidates_in_order_and_fills_past_it_only_when_it_must():
+    from freshrec.state.ranking import _capped
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n, k = int(rng.integers(1, 200)), int(rng.integers(1, 30))
+        cats = rng.integers(0, int(rng.integers(1, 6)), n)
+        order = rng.permutation(n)
+        cap = int(rng.integers(1, k + 1))
+        taken, over = [], []
+        for j in order.tolist():  # the definition: in order, skip what passes the cap
+            c = int(cats[j])
+            (over if c and sum(int(cats[i]) == c for i in taken) >= cap else taken).append(j)
+        expected = (taken + over)[:k] if len(taken) < k else taken[:k]
+        assert _capped(order, cats, k, cap) == expected
