@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -45,6 +45,26 @@ PLAIN_COUNTERS = {
     "impressions_learned": ("freshrec_impressions_learned", "Impressions learned by the click model"),
     "indexed": ("freshrec_index_upserts", "Item vectors re-indexed in the HNSW index"),
 }
+
+
+class RateMeter:
+    """Events per second over the last interval: :meth:`tick` with the running total once per
+    interval (the loop's metrics update); :attr:`rate` is that interval's value, read as often as
+    wanted. (A rate measured since the last read gave 0.0 in every stats line written in the same
+    loop pass as a metrics update: every fifth.)"""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._mark = (clock(), 0)
+        self.rate = 0.0
+
+    def tick(self, total: int) -> float:
+        now = self.clock()
+        t_prev, n_prev = self._mark
+        if now > t_prev:
+            self.rate = round((total - n_prev) / (now - t_prev), 1)
+            self._mark = (now, total)
+        return self.rate
 
 
 class WorkerMetrics:

@@ -35,7 +35,7 @@ import orjson
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
-from freshrec.agents.observability import WorkerMetrics, serve
+from freshrec.agents.observability import RateMeter, WorkerMetrics, serve
 from freshrec.agents.publishing import PublishLog
 from freshrec.settings import Settings, state_dir
 from freshrec.state.ann import ItemIndex
@@ -118,7 +118,7 @@ class StreamWorker:
         self.log = PublishLog(self.pipeline)
         self.metrics = WorkerMetrics("stream", settings.app_id)
         self.assigned: list[TopicPartition] = []
-        self._rate_mark = (time.monotonic(), 0)
+        self.rate = RateMeter()
         self.stopping = False
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
@@ -278,7 +278,7 @@ class StreamWorker:
     def stats(self) -> dict[str, Any]:
         return self.log.stats(engine="stream", checkpoint_version=self.checkpoint_version, behind=self.pipeline.behind,
                               rollout=self.pipeline.rollout.snapshot(), drift=self.pipeline.drift.snapshot(),
-                              lag=self.lag(), events_per_s=self._snap_rate(peek=True), ts=int(time.time() * 1000))
+                              lag=self.lag(), events_per_s=self.rate.rate, ts=int(time.time() * 1000))
 
     def lag(self) -> dict[str, dict[str, int]]:
         """Events not yet processed per assigned partition, from the high watermarks the consumer
@@ -297,15 +297,6 @@ class StreamWorker:
             out.setdefault(tp.topic, {})[str(tp.partition)] = max(0, high - pos)
         return out
 
-    def _snap_rate(self, peek: bool = False) -> float:
-        """Events applied per second since the last call (``peek``: do not start a new interval)."""
-        now = time.monotonic()
-        n = sum(v for k, v in self.pipeline.counters.items() if k.startswith("events:"))
-        t_prev, n_prev = self._rate_mark
-        if not peek:
-            self._rate_mark = (now, n)
-        return round((n - n_prev) / (now - t_prev), 1) if now > t_prev else 0.0
-
     def _update_metrics(self) -> None:
         p = self.pipeline
         rec = p.recommender
@@ -315,7 +306,8 @@ class StreamWorker:
             "index_items": len(rec.index) if p.learning else None,
             "content_items": len(rec.content) if p.learning else None,
             "pending_users": len(p.pending_users), "checkpoint_version": self.checkpoint_version,
-            "events_per_s": self._snap_rate(), "stream_time_ms": p.features.stream_time_ms,
+            "events_per_s": self.rate.tick(sum(v for k, v in p.counters.items() if k.startswith("events:"))),
+            "stream_time_ms": p.features.stream_time_ms,
             "model": p.model_name, "rollout": p.rollout.snapshot(), "drift": p.drift.snapshot(),
         })
 

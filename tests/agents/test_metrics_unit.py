@@ -97,3 +97,16 @@ def test_the_kafka_probe_reports_a_broker_that_does_not_answer_off_the_loop():
         probe.stop()
         assert time.monotonic() - t0 < 5 and not probe._thread.is_alive()
         consumer.close()
+
+
+def test_the_event_rate_is_the_last_intervals_however_often_it_is_read():
+    from freshrec.agents.observability import RateMeter
+
+    now = [100.0]
+    meter = RateMeter(clock=lambda: now[0])
+    now[0] = 102.0
+    assert meter.tick(10_000) == 5000.0
+    assert meter.rate == 5000.0 and meter.rate == 5000.0  # reads start no interval
+    assert meter.tick(10_000) == 5000.0  # no time passed: the last interval's rate stands
+    now[0] = 103.0
+    assert meter.tick(10_500) == 500.0 and meter.rate == 500.0

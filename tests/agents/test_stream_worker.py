@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -81,17 +82,27 @@ def test_kill_9_learning_worker_resumes_from_checkpoint_and_learns_each_event_on
     events = [e for e in load_dataset(f"movielens:{DATASETS / 'movielens-100k'}") if e["type"] == "rating"]
     events = events[:20000]
     resent = events[::50]  # producer retries: the same event_id again, at a later offset
+
+    def produce() -> None:  # ~2,000 events/s, over ~10 s: the kill lands part-way however fast the worker is
+        with EventProducer(s) as producer:
+            for start in range(0, len(events), 500):
+                for e in events[start:start + 500]:
+                    producer.send(e)
+                producer.flush(60)
+                time.sleep(0.25)
+
+    sender = threading.Thread(target=produce, name="ratings-producer")
     worker.start()
-    with EventProducer(s) as producer:
-        for e in events:
-            producer.send(e)
-        producer.flush(60)
+    sender.start()
     store_root = worker.home / "checkpoints" / s.app_id
     wait_for(lambda: CheckpointStore(store_root).latest() is not None
              and 0 < total_lag(s.kafka_brokers, s.app_id, [s.interactions_topic]) < len(events) * 0.8,
              180, "a checkpoint, part-way through", worker)
     worker.kill9()
-    assert total_lag(s.kafka_brokers, s.app_id, [s.interactions_topic]) > 0, "finished before the kill"
+    assert sender.is_alive() or total_lag(s.kafka_brokers, s.app_id, [s.interactions_topic]) > 0, \
+        "finished before the kill"
+    sender.join(120)
+    assert not sender.is_alive()
     killed_at = CheckpointStore(store_root).latest()
     with EventProducer(s) as producer:
         for e in resent:
