@@ -51,7 +51,7 @@ class RateMeter:
     """Events per second over the last interval: :meth:`tick` with the running total once per
     interval (the loop's metrics update); :attr:`rate` is that interval's value, read as often as
     wanted. (A rate measured since the last read gave 0.0 in every stats line written in the same
-    loop pass as a metrics update: every fifth.)"""
+    loop pass as a metrics update.)"""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock

@@ -144,12 +144,12 @@ def _rank_within(values: np.ndarray, owner: np.ndarray, n_ref: np.ndarray, is_re
         return _rank_within_by_search(values, owner, n_ref, is_ref)
     rank = np.empty(n, dtype=np.int64)  # equal values, equal ranks
     rank[order] = np.concatenate(([0], np.cumsum(ordered[1:] != ordered[:-1])))
-    key = np.sort(((owner.astype(np.int64) * np.int64(n) + rank) << bits) | np.arange(n, dtype=np.int64))
+    pos = np.arange(n, dtype=np.int64)
+    key = np.sort(((owner.astype(np.int64) * np.int64(n) + rank) << bits) | pos)
     rows = key & ((1 << bits) - 1)
     group_rank = key >> bits
     ref = is_ref[rows]
     refs_before = np.cumsum(ref) - ref
-    pos = np.arange(n)
     first = np.ones(n, dtype=bool)
     first[1:] = group_rank[1:] != group_rank[:-1]  # first row of a run of equal values in a group
     run_start = np.maximum.accumulate(np.where(first, pos, 0))
