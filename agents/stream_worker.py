@@ -51,6 +51,7 @@ log = logging.getLogger("freshrec.worker")
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 INDEX_FILE = "items.hnsw"
+CATALOGUE_STALL_S = 5.0  # the catalogue gate opens when the catalogue's offsets did not move this long
 SLOW_STEP_S = 0.5  # a batch or flush taking longer is logged (freshness p99 diagnostics)
 
 
@@ -101,6 +102,42 @@ class KafkaProbe:
         self._thread.join(timeout=5.0)
 
 
+class CatalogueGate:
+    """Interactions wait until the catalogue is read up to where it stood at assignment.
+
+    Within a batch the catalogue is applied first, but across a backlog the consumer's fetches
+    come partition by partition, and the catalogue's could come after most of the interactions:
+    clicks on items whose category, text and content vector are not known yet. ``targets``: the
+    catalogue partitions' high watermarks at assignment (those not read that far yet); the
+    interaction partitions stay paused until each is reached, the catalogue offsets have not
+    moved for ``stall_s`` (what is left is no data, e.g. transaction markers), or ``max_s``
+    has passed."""
+
+    def __init__(self, targets: dict[int, int], paused: list[TopicPartition], max_s: float,
+                 stall_s: float = CATALOGUE_STALL_S, now: float | None = None) -> None:
+        self.targets = dict(targets)
+        self.paused = paused
+        self.max_s = max_s
+        self.stall_s = stall_s
+        self.started = self.moved = time.monotonic() if now is None else now
+        self._last: tuple[int, ...] | None = None
+
+    def should_open(self, offsets: dict[int, int], now: float | None = None) -> str | None:
+        """Why the interactions may go now (None: not yet): ``caught up``, ``stalled`` or
+        ``timeout``. ``offsets``: the next catalogue offset to read, per partition."""
+        now = time.monotonic() if now is None else now
+        current = tuple(offsets.get(p, -1) for p in self.targets)
+        if all(o >= high for o, high in zip(current, self.targets.values())):
+            return "caught up"
+        if current != self._last:
+            self._last, self.moved = current, now
+        if now - self.moved >= self.stall_s:
+            return "stalled"
+        if now - self.started >= self.max_s:
+            return "timeout"
+        return None
+
+
 class StreamWorker:
     """Consume, apply, learn, publish, checkpoint: one loop (and a thread that probes Kafka)."""
 
@@ -118,6 +155,7 @@ class StreamWorker:
         self.log = PublishLog(self.pipeline)
         self.metrics = WorkerMetrics("stream", settings.app_id)
         self.assigned: list[TopicPartition] = []
+        self.gate: CatalogueGate | None = None  # interactions paused until the catalogue is read
         self.rate = RateMeter()
         self.stopping = False
         self.consumer: Consumer | None = None
@@ -233,6 +271,44 @@ class StreamWorker:
         consumer.assign(partitions)
         self.assigned = list(partitions)
         log.info("assigned %s", [(tp.topic, tp.partition, tp.offset) for tp in partitions])
+        self.gate = self._catalogue_gate(consumer, partitions)
+
+    def _catalogue_gate(self, consumer: Consumer, partitions: list[TopicPartition]) -> CatalogueGate | None:
+        """Pause the interaction partitions while the catalogue has a backlog (:class:`CatalogueGate`)."""
+        s = self.settings
+        if s.catalogue_first_max_s <= 0:
+            return None
+        targets: dict[int, int] = {}
+        waiting = 0  # catalogue events to read first
+        for tp in partitions:
+            if tp.topic != s.catalogue_topic:
+                continue
+            try:
+                marks = consumer.get_watermark_offsets(tp, timeout=5.0, cached=False)
+            except Exception as exc:  # noqa: BLE001 - the gate orders a backlog, it must never stop the worker
+                marks = exc
+            if not isinstance(marks, tuple):
+                log.warning("catalogue first: no watermarks for partition %d (%s): not waiting for it", tp.partition, marks)
+                continue
+            low, high = marks
+            start = tp.offset if tp.offset >= 0 else low
+            if high > start:
+                targets[tp.partition] = high
+                waiting += high - start
+        paused = [tp for tp in partitions if tp.topic == s.interactions_topic]
+        if not targets or not paused:
+            return None
+        consumer.pause(paused)
+        log.info("catalogue first: up to %d catalogue events to read before the interactions", waiting)
+        return CatalogueGate(targets, paused, s.catalogue_first_max_s)
+
+    def _open_gate(self) -> None:
+        why = self.gate.should_open(self.offsets[self.settings.catalogue_topic])
+        if why is None:
+            return
+        self.consumer.resume(self.gate.paused)
+        log.info("catalogue first: interactions resumed (%s) after %.2fs", why, time.monotonic() - self.gate.started)
+        self.gate = None
 
     def _commit(self) -> None:
         """Commit processed offsets for lag monitoring (recovery uses the checkpoint's)."""
@@ -381,6 +457,8 @@ class StreamWorker:
                     gc.freeze()
                 elif p.behind:  # nothing came within the wait: caught up (the last batch's verdict must not stick)
                     p.set_behind(False)
+                if self.gate is not None:
+                    self._open_gate()
                 if p.due():
                     self.flush()
                     self._sync_rollout()

@@ -112,6 +112,7 @@ class Settings:
     batch_max: int = 2000  # events per processing batch
     batch_within_ms: int = 20  # max wait to fill a batch
     behind_lag_ms: int = 500  # stream engine: behind (shedding load) when a batch's oldest message waited longer (0: off)
+    catalogue_first_max_s: float = 120.0  # stream engine: on assignment, read the catalogue backlog before interactions, at most this long (0: off)
 
     @property
     def interactions_topic(self) -> str:

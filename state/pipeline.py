@@ -249,6 +249,7 @@ class Pipeline:
         features = self.features
         apply = features.apply
         observe = self.rollout.observe
+        catalogue_rows = self.catalogue.rows
         for record, event in decoded:
             if learners and features.is_new(event, record.offset):
                 row = features.user(event["user_id"])
@@ -275,7 +276,10 @@ class Pipeline:
                 self.pending_users[user_id] = None
                 self.republish_only.discard(user_id)
                 if event["type"] != "impression":
-                    self.pending_similar.add(event["item_id"])
+                    item = event["item_id"]
+                    self.pending_similar.add(item)
+                    if item not in catalogue_rows:  # data quality: the item was never upserted (yet)
+                        self.counters["uncatalogued_item_events"] += 1
 
     def process_catalogue(self, records: Iterable[Record]) -> BatchResult:
         """Validate and apply a batch from the catalogue topic."""

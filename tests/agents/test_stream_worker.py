@@ -153,3 +153,34 @@ def test_a_worker_caught_up_on_a_backlog_is_no_longer_behind_and_lists_every_use
     stats = wait_for(caught_up, 90, "stats of the worker caught up and no longer behind", worker)
     assert stats["counters"]["batches_behind"] > 0  # it was behind on the backlog
     wait_for(lambda: all(_recs(redis_client, s, f"b{u}") for u in range(300)), 60, "a list for every user", worker)
+
+
+def test_a_worker_on_a_backlog_reads_the_catalogue_before_the_interactions(stream_worker, redis_client):
+    """Clicks produced before their items' upserts, all waiting when the worker starts: it reads
+    the catalogue first (interaction partitions paused), so no click names an unknown item.
+    Without the gate, this backlog came to the worker interleaved partition by partition."""
+    from freshrec.streams.topics import ensure_topics
+
+    worker = stream_worker
+    worker.settings = s = worker.settings.replace(batch_max=50)
+    ensure_topics(s)
+    items = [f"g{i}" for i in range(50)]
+    with EventProducer(s) as producer:
+        for n in range(2000):
+            producer.send(make_event("click", user_id=f"c{n % 200}", item_id=items[n % 50]))
+        producer.flush(10)
+        for i, item in enumerate(items):
+            producer.send(make_event("item_upsert", item_id=item, category=f"cat{i % 5}", text=f"story {i}"))
+        producer.flush(10)
+    worker.start()
+    key = RedisKeys(s.redis_prefix).worker_stats(s.app_id)
+
+    def all_applied():
+        raw = redis_client.get(key)
+        stats = orjson.loads(raw) if raw else None
+        c = stats["counters"] if stats else {}
+        return c if c.get("events:click", 0) >= 2000 and c.get("events:item_upsert", 0) >= 50 else None
+
+    counters = wait_for(all_applied, 120, "every click and upsert applied", worker)
+    assert counters.get("uncatalogued_item_events", 0) == 0, worker.tail()
+    assert "catalogue first: interactions resumed (caught up)" in worker.log.read_text(), worker.tail()

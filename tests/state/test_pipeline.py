@@ -92,6 +92,21 @@ def test_trending_and_similar_lists_are_published_and_deleted_items_leave_them()
     assert p.keys.similar("a") in up2.deletes
 
 
+def test_interactions_on_items_the_catalogue_has_not_upserted_are_counted():
+    p = Pipeline(Settings(), clock=Clock())
+    p.process_catalogue([rec(0, {"type": "item_upsert", "event_id": "c1", "item_id": "a", "ts": 1},
+                             topic="t.catalogue")])
+    impression = {"type": "impression", "event_id": "i0", "user_id": "u1", "item_ids": ["a", "z"],
+                  "request_id": "r0", "ts": 1_700_000_000_000}
+    p.process_interactions([rec(0, click(0, item="a")), rec(1, click(1, item="b")), rec(2, click(2, item="b")),
+                            rec(3, impression), rec(4, click(1, item="b"))])  # the last one: a duplicate
+    assert p.counters["uncatalogued_item_events"] == 2
+    p.process_catalogue([rec(1, {"type": "item_upsert", "event_id": "c2", "item_id": "b", "ts": 2},
+                             topic="t.catalogue")])
+    p.process_interactions([rec(5, click(5, item="b"))])
+    assert p.counters["uncatalogued_item_events"] == 2
+
+
 def test_a_failed_publish_is_requeued_and_written_by_the_next_flush():
     clock = Clock()
     p = Pipeline(Settings(), clock=clock)
