@@ -92,7 +92,7 @@ class Settings:
     click_window_s: float = 600.0  # event time an impression waits for its clicks before it is learned
     click_lr: float = 0.008  # SGD learning rate of the click model
     click_negatives: int = 8  # sampled candidate negatives per positive without an impression
-    click_sample_behind: float = 0.1  # share of impressions the click model learns while the worker is behind
+    click_sample_behind: float = 0.1  # share of impressions the click model learns while the worker is behind or lists wait
     ann_candidates: int = 100  # candidates from the MF item index per user (200: 17% more work per list, same HitRate)
     content_candidates: int = 20  # candidates from the content index per user
     fresh_candidates: int = 20  # newest catalogue items considered per user

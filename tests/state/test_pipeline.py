@@ -167,6 +167,27 @@ def test_caught_up_lists_a_budget_left_waiting_are_made_at_once_and_behind_after
     assert not p.lists_deferred and not p.due()
 
 
+def test_the_click_model_samples_impressions_while_behind_or_while_lists_wait():
+    clock = Clock()
+    p = Pipeline(Settings(model="learning", recompute_budget_ms=1, click_sample_behind=0.1), clock=clock)
+    rec_ = p.recommender
+    p.process_interactions([rec(i, click(i, user=f"u{i}", item=f"i{i % 30}")) for i in range(300)])
+    assert rec_.click_sample == 1.0  # nothing waits yet
+    clock.t += 1000
+    p.collect_updates()
+    assert p.lists_deferred and rec_.click_sample == 0.1  # the budget left lists waiting
+    p.set_behind(True)
+    p.set_behind(False)  # caught up with the stream, but lists still wait
+    assert rec_.click_sample == 0.1 and not rec_.behind
+    while p.pending_users:
+        p.collect_updates()
+    assert not p.lists_deferred and rec_.click_sample == 1.0  # every list made: full learning again
+    p.set_behind(True)
+    assert rec_.click_sample == 0.1 and rec_.behind
+    p.set_behind(False)
+    assert rec_.click_sample == 1.0
+
+
 def test_a_failed_publish_is_retried_after_the_interval_not_at_once():
     clock = Clock()
     p = Pipeline(Settings(model="learning", recompute_budget_ms=1), clock=clock)
