@@ -90,6 +90,11 @@ from freshrec.state.arrays import grown
 
 META_VERSION = 1
 MAX_OVERFLOW = 64  # "ip": items over phi, scored beside the graph, before a rebuild is due
+# query_many scans every live vector (one matrix product) instead of searching the graph while
+# live items x dimensions is at most this: a batch of 64 queries for the best 150 cost, per query,
+# 0.012 ms exact vs 0.069 ms hnswlib at 1,800 items of dim 33, 0.043 vs 0.101 at 10k, 0.163 vs
+# 0.127 at 30k (one thread, ef = k). Exact is also exact: no recall lost while a catalogue is small.
+EXACT_MAX_WORK = 1 << 18
 SPACES = ("ip", "cosine")
 UPDATE_MODES = ("reinsert", "inplace")
 
@@ -128,7 +133,8 @@ class ItemIndex:
     def __init__(self, dim: int, space: str = "ip", M: int = 16, ef_construction: int = 100,
                  ef: int = 100, capacity: int = 1024, update: str = "reinsert",
                  max_stale_ratio: float = 0.5, filter_threshold: int = 256,
-                 num_threads: int = 1, seed: int = 100, phi_headroom: float = 1.25) -> None:
+                 num_threads: int = 1, seed: int = 100, phi_headroom: float = 1.25,
+                 exact_max_work: int = EXACT_MAX_WORK) -> None:
         if space not in SPACES:
             raise ValueError(f"space must be one of {SPACES}, not {space!r}")
         if update not in UPDATE_MODES:
@@ -144,6 +150,8 @@ class ItemIndex:
         self.num_threads = int(num_threads)
         self.seed = int(seed)
         self.phi_headroom = float(phi_headroom)
+        self.exact_max_work = int(exact_max_work)
+        self._live_vectors: tuple[np.ndarray, np.ndarray] | None = None  # live labels and their vectors (exact scans)
         self._phi: float | None = None  # "ip": radius of the MIPS -> L2 reduction, set on first insert
         self._over: dict[str, np.ndarray] = {}  # "ip": live items with |v| > phi -> vector
         self._label: dict[str, int] = {}  # live item -> hnswlib label
@@ -250,6 +258,7 @@ class ItemIndex:
         if len(last) != len(vecs):
             item_ids = list(last)
             vecs = vecs[list(last.values())]
+        self._live_vectors = None
         vecs = self._stored(item_ids, vecs)
         nthreads = self.num_threads
         if self.update == "reinsert":
@@ -291,6 +300,7 @@ class ItemIndex:
         label = self._label.pop(item_id, None)
         if label is None:
             return False
+        self._live_vectors = None
         del self._item[label]
         self._over.pop(item_id, None)
         self._index.mark_deleted(label)
@@ -319,7 +329,7 @@ class ItemIndex:
                           ef=self.ef, capacity=max(len(item_ids), 1), update=self.update,
                           max_stale_ratio=self.max_stale_ratio,
                           filter_threshold=self.filter_threshold, num_threads=self.num_threads,
-                          seed=self.seed, phi_headroom=self.phi_headroom)
+                          seed=self.seed, phi_headroom=self.phi_headroom, exact_max_work=self.exact_max_work)
         fresh.upsert_many(list(item_ids), vecs)
         return fresh
 
@@ -404,6 +414,10 @@ class ItemIndex:
         scores = np.full((n, k), -np.inf, dtype=np.float32)
         if not n or not k or not live:
             return labels, scores
+        if live * (self.dim + 1) <= self.exact_max_work:
+            got, sc = self._exact_many(Q, k)
+            labels[:, : got.shape[1]], scores[:, : got.shape[1]] = got, sc
+            return labels, scores
         over = self._over
         kk = min(live, k + len(over))
         q = np.hstack([Q, np.zeros((n, 1), dtype=np.float32)]) if self.space == "ip" else Q
@@ -439,6 +453,27 @@ class ItemIndex:
         m = min(k, got.shape[1])
         labels[:, :m], scores[:, :m] = got[:, :m], sc[:, :m]
         return labels, scores
+
+    def _exact_many(self, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`query_many` by scanning every live vector: the best ``min(k, live)`` labels of
+        each row and their scores, best first."""
+        if self._live_vectors is None:
+            live = np.fromiter(self._item, dtype=np.int64, count=len(self._item))
+            live.sort()
+            self._live_vectors = (live, np.ascontiguousarray(self._mirror[live]))
+        live, V = self._live_vectors
+        if self.space == "cosine":
+            Q = Q / np.maximum(np.linalg.norm(Q, axis=1, keepdims=True), 1e-30)
+        S = Q @ V.T
+        kk = min(k, len(live))
+        if kk < len(live):
+            part = np.argpartition(-S, kk - 1, axis=1)[:, :kk]
+            part.sort(axis=1)  # label order, so that ties go to the lower label
+            S = np.take_along_axis(S, part, axis=1)
+        else:
+            part = np.broadcast_to(np.arange(len(live)), S.shape)
+        order = np.argsort(-S, axis=1, kind="stable")
+        return live[np.take_along_axis(part, order, axis=1)], np.take_along_axis(S, order, axis=1).astype(np.float32)
 
     def items_of(self, labels: Iterable[int]) -> list[str | None]:
         """The live item of each label (None for -1 or a stale label)."""
@@ -504,6 +539,7 @@ class ItemIndex:
             "version": META_VERSION, "dim": self.dim, "space": self.space, "M": self.M,
             "ef_construction": self.ef_construction, "ef": self.ef, "update": self.update,
             "max_stale_ratio": self.max_stale_ratio, "filter_threshold": self.filter_threshold,
+            "exact_max_work": self.exact_max_work,
             "num_threads": self.num_threads, "seed": self.seed, "phi_headroom": self.phi_headroom,
             "phi": self._phi, "over": list(self._over),
             "next_label": self._next_label, "stale": self._stale, "labels": self._label,
@@ -525,6 +561,8 @@ class ItemIndex:
                     "filter_threshold", "num_threads", "seed", "phi_headroom"):
             setattr(self, key, meta[key])
         self._phi = meta["phi"]
+        self.exact_max_work = int(meta.get("exact_max_work", EXACT_MAX_WORK))
+        self._live_vectors = None
         self._label = {item: int(label) for item, label in meta["labels"].items()}
         self._item = {label: item for item, label in self._label.items()}
         self._next_label = int(meta["next_label"])

@@ -366,6 +366,35 @@ class LabelCodes:
         return out
 
 
+def _top_k_rows(values: np.ndarray, owner: np.ndarray, local: np.ndarray, m: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per group (``owner``, 0 .. m-1, each group's rows contiguous, ``local`` their positions in
+    it), the positions of its ``k`` largest ``values`` in decreasing order, ties in position
+    order: the first ``k`` of ``np.argsort(-group_values, kind="stable")``, for all groups at
+    once. Returns the positions, group after group, and where each group's start.
+
+    The groups' values go in one padded matrix; ``np.partition`` finds each row's k-th largest,
+    the rows above it are taken with as many of the rows equal to it as fill k, in position
+    order, and only those are sorted (one ``lexsort`` of the batch's sorts per list cost ~13 µs
+    a list)."""
+    sizes = np.bincount(owner, minlength=m)
+    width = max(int(sizes.max()), k) if len(values) else k
+    M = np.full((m, width), -np.inf)
+    M[owner, local] = values
+    valid = np.zeros((m, width), dtype=bool)
+    valid[owner, local] = True
+    kth = np.partition(M, width - k, axis=1)[:, width - k] if width > k else M.min(axis=1)
+    above = valid & (M > kth[:, None])
+    tied = valid & (M == kth[:, None])
+    need = k - above.sum(axis=1)
+    chosen = above | (tied & (np.cumsum(tied, axis=1) <= need[:, None]))
+    rows, cols = np.nonzero(chosen)  # row-major: group after group, positions increasing
+    order = np.lexsort((cols, -M[rows, cols], rows))
+    n_top = np.minimum(sizes, k)
+    starts = np.zeros(m, dtype=np.intp)
+    np.cumsum(n_top[:-1], out=starts[1:])
+    return cols[order].astype(np.intp), starts
+
+
 def _capped(order: np.ndarray, cats: np.ndarray, k: int, cap: int) -> list[int]:
     """The first ``k`` of ``order`` taking at most ``cap`` per category (code 0: none, never
     capped), filled past the cap in order when the candidates lack variety."""
@@ -413,11 +442,16 @@ class LearningRecommender:
         self.click_sample = 1.0
         self.behind = False  # the pipeline sets it with click_sample: re-index fewer items per refresh
         self.unsampled: OrderedDict[str, None] = OrderedDict()  # request ids left out of the sample
-        # user -> (candidate ids, sampled candidate ids, sorted MF and co-visitation scores of all
-        # candidates) of the last published list; the negatives are featurised when learned
-        self.published: OrderedDict[str, tuple[frozenset, list[str], tuple]] = OrderedDict()
+        # user -> (candidate ids, sampled candidate ids, MF and co-visitation scores of all
+        # candidates, sorted when used) of the last published list; the negatives are featurised
+        # when learned
+        self.published: OrderedDict[str, tuple[Collection[str], list[str], tuple]] = OrderedDict()
         self.fresh: OrderedDict[str, int] = OrderedDict()  # item -> upsert event time, newest last
         self.rng = np.random.default_rng(s.seed)
+        # exploration's Thompson draws on a stream of their own, so that a batch of lists draws
+        # them in one call (the same numbers as one call per user, in order: numpy fills a
+        # (users, pool) array row after row) while the sampled negatives stay on ``rng``
+        self.explore_rng = np.random.default_rng((s.seed, 1))
         self._trend_rank: dict[str, float] = {}
         self._max_pop = 1.0
         self._cache_since = 0
@@ -596,7 +630,7 @@ class LearningRecommender:
         shown = self.published.get(user)
         if shown is None:
             return
-        candidates, items, reference = shown
+        candidates, items, reference = shown  # the candidates' ids, a sample of them, their scores
         if item not in candidates:
             # learning a positive the first stage did not retrieve would teach the ranker that
             # low feature values mean engagement (measured: the weights turn negative)
@@ -615,6 +649,7 @@ class LearningRecommender:
         # negatives' rows from publish time, the positive alone saw the user's events since then
         # (its co-visitation with items engaged after the list was made), a train/serve skew
         learned = [item] + [items[p] for p in negatives]
+        reference = (np.sort(reference[0]), np.sort(reference[1]))  # sorted here: few lists are learned from
         X_now = self.feature_matrix(self.context(user, user_row, only=learned), learned, reference=reference)
         self.clicks.learn_many(X_now, [1] + [0] * len(negatives))
         self.counters["click_model_examples"] += 1 + len(negatives)
@@ -819,6 +854,12 @@ class LearningRecommender:
         """:meth:`feature_matrix` of several slates in one pass over their concatenated rows.
         Item-level features are computed now, or with ``at_batch_start`` taken from the snapshot
         made when the batch began (:meth:`learning_batch`), where it has them."""
+        X, starts = self._feature_rows(slates, at_batch_start)
+        return np.split(X, starts[1:])
+
+    def _feature_rows(self, slates: Sequence[Slate], at_batch_start: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_features_many` as one matrix, the slates' rows one after the other, and the
+        first row of each slate."""
         m = len(slates)
         lengths = np.fromiter((len(s.codes) for s in slates), dtype=np.intp, count=m)
         starts = np.zeros(m, dtype=np.intp)
@@ -827,7 +868,7 @@ class LearningRecommender:
         n = len(codes)
         X = np.zeros((n, N_FEATURES), dtype=np.float64)
         if n == 0:
-            return [X[:0] for _ in range(m)]
+            return X, starts
         ctxs = [s.ctx for s in slates]
         owner = np.repeat(np.arange(m), lengths)
         t, mf = self.table, self.mf
@@ -853,14 +894,21 @@ class LearningRecommender:
         X[:, COL["mf"]], X[:, COL["mf_recent"]] = mf_score, cosine
         cv = np.zeros(n, dtype=np.float64)
         ids = t.ids
+        with_arrays = []  # slates whose context holds its co-visitation scores as arrays (lists)
         for j, ctx in enumerate(ctxs):
             if ctx.covis_scores is not None:
-                s, e = starts[j], starts[j] + lengths[j]
-                cv[s:e] = ctx.covis_scores.lookup(codes[s:e])
+                with_arrays.append(j)
             elif ctx.covis:
                 s, e = starts[j], starts[j] + lengths[j]
                 cv[s:e] = np.fromiter(map(ctx.covis.get, ids[codes[s:e]].tolist(), repeat(0.0)),
                                       dtype=np.float64, count=e - s)
+        if with_arrays:  # one search of every row's (slate, code) among every slate's scored ones
+            span = np.int64(len(t) + 1)
+            keys = np.concatenate([j * span + ctxs[j].covis_scores.codes for j in with_arrays])
+            values = np.concatenate([ctxs[j].covis_scores.values for j in with_arrays])
+            row_keys = owner * span + codes
+            pos = np.minimum(np.searchsorted(keys, row_keys), len(keys) - 1)
+            cv = np.where(keys[pos] == row_keys, values[pos], cv)
         X[:, COL["covis"]] = np.log1p(20.0 * cv)
         if at_batch_start:
             X[:, COL["ctr"]:COL["freshness"] + 1] = self._item_features_at_batch_start(codes)
@@ -891,7 +939,7 @@ class LearningRecommender:
                 for name, ref, ref_sorted in (("mf_rank", "mf", s.reference[0]), ("covis_rank", "covis", s.reference[1])):
                     X[rows_j, COL[name]] = (np.searchsorted(ref_sorted, X[rows_j, COL[ref]], side="left")
                                             / max(len(ref_sorted), 1))
-        return np.split(X, starts[1:])
+        return X, starts
 
     def _item_features_at_batch_start(self, codes: np.ndarray) -> np.ndarray:
         """Item-level features of ``codes``: from the batch's snapshot where it holds valid ones,
@@ -1045,20 +1093,23 @@ class LearningRecommender:
             b.append(s.ctr_prior_impressions + imps - clicks)
         self._explore = (pool, np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
 
-    def _thompson(self, n: int, seen) -> list[str]:
-        """The first ``n`` unseen items of the exploration pool in Thompson-sampling order (one
-        Beta draw per item); exploration takes the best of them not already in the list."""
+    def _thompson_many(self, n: int, seens: Sequence[Any]) -> list[np.ndarray]:
+        """Per user (``seens``: each user's seen items), the codes of the first ``n`` items of the
+        exploration pool he has not seen, in Thompson-sampling order: one Beta draw per item and
+        user, every user's in one call on ``explore_rng`` (the numbers of one call per user, in
+        order). Exploration takes the best of them not already in the list."""
         pool, a, b = self._explore
-        if not pool:
-            return []
-        draws = self.rng.beta(a, b)
+        if not pool or not seens:
+            return [np.zeros(0, dtype=np.int64)] * len(seens)
+        codes = self.table.codes(pool)
+        order = np.argsort(-self.explore_rng.beta(a, b, size=(len(seens), len(pool))), axis=1)
         out = []
-        for j in np.argsort(-draws).tolist():
-            item = pool[j]
-            if item not in seen:
-                out.append(item)
-                if len(out) == n:
-                    break
+        for r, seen in enumerate(seens):
+            if seen:  # the first n unseen are among the first n + len(seen)
+                row = [j for j in order[r, : n + len(seen)].tolist() if pool[j] not in seen][:n]
+                out.append(codes[row])
+            else:
+                out.append(codes[order[r, :n]])
         return out
 
     def rank(self, user_id: str, user_row: dict | None, k: int,
@@ -1070,87 +1121,122 @@ class LearningRecommender:
     def rank_many(self, users: Sequence[tuple[str, dict | None]], k: int,
                   remember: bool = False) -> list[list[tuple[str, float]]]:
         """:meth:`rank` of several users at once: the same lists as one call each (the random
-        draws are made user after user, in order), with the ANN queries batched."""
+        draws are made user after user, in order), with the ANN queries, the feature matrix, the
+        click model and the second stage batched."""
         if self._explore_stale:
             self._refresh_explore_pool()
         ctxs = [self.context(user_id, row) for user_id, row in users]
         cands = self._candidates_many(ctxs)
         s, t, mf = self.settings, self.table, self.mf
+        out: list[list[tuple[str, float]]] = [[] for _ in ctxs]
+        live = [r for r, codes in enumerate(cands) if len(codes)]
+        if not live:
+            return out
         n_explore = int(round(k * s.explore_share)) if s.explore_share > 0 else 0
-        # per user, in order, the random draws one call per user makes: the exploration
-        # candidates (drawn first so that their feature rows come in the candidates' matrix,
-        # ranked against the candidates: one matrix per list instead of two, ~15% of a list),
-        # then the remembered negatives' sample
-        draws: list[tuple[list[str], np.ndarray | None]] = []
-        slates: list[Slate] = []
+        # the exploration candidates are drawn first so that their feature rows come in the
+        # candidates' matrix, ranked against the candidates (one matrix per list instead of two)
+        drawn = (self._thompson_many(n_explore + k, [ctxs[r].seen for r in live]) if n_explore
+                 else [np.zeros(0, dtype=np.int64)] * len(live))
+        samples = ([self.rng.choice(len(cands[r]), min(len(cands[r]), CANDIDATE_SAMPLE), replace=False)
+                    for r in live] if remember else None)
         mean_bias = mf._mean_bias()
-        for ctx, codes in zip(ctxs, cands):
-            if not len(codes):
-                draws.append(([], None))
-                continue
-            drawn = self._thompson(n_explore + k, ctx.seen) if n_explore else []
-            sample = (self.rng.choice(len(codes), min(len(codes), CANDIDATE_SAMPLE), replace=False)
-                      if remember else None)
-            draws.append((drawn, sample))
-            rows_codes = np.concatenate([codes, t.codes(drawn)]) if drawn else codes
-            slates.append(Slate(ctx, rows_codes, None, t.mf_rows(rows_codes, mf.row_of),
-                                mf.user_vector(ctx.user_id), mean_bias, n_reference=len(codes)))
+        slates = []
+        for r, extra in zip(live, drawn):
+            codes = np.concatenate([cands[r], extra]) if len(extra) else cands[r]
+            slates.append(Slate(ctxs[r], codes, None, t.mf_rows(codes, mf.row_of),
+                                mf.user_vector(ctxs[r].user_id), mean_bias, n_reference=len(cands[r])))
         # one feature matrix and one click-model pass for every candidate of every user
-        matrices = self._features_many(slates) if slates else []
-        logits = np.split(self.clicks.logits(np.concatenate(matrices)), np.cumsum([len(X) for X in matrices[:-1]])) \
-            if matrices else []
-        scored = iter(zip(matrices, logits))
-        out = []
-        served: list[tuple[np.ndarray, np.ndarray]] = []  # the listed candidates' rows, for the observer
-        for ctx, codes, (drawn, sample) in zip(ctxs, cands, draws):
-            out.append(self._rank_codes(ctx, codes, k, drawn, sample, *next(scored), served) if len(codes) else [])
-        if self.observer is not None and served:
-            self.observer(np.concatenate([X for X, _ in served]), np.concatenate([p for _, p in served]))
+        X, starts = self._feature_rows(slates)
+        for r, scored in zip(live, self._second_stage(slates, X, starts, self.clicks.logits(X), k,
+                                                      n_explore, samples)):
+            out[r] = scored
         return out
 
-    def _rank_codes(self, ctx: UserContext, codes: np.ndarray, k: int, drawn: list[str],
-                    sample: np.ndarray | None, X_all: np.ndarray, logits_all: np.ndarray,
-                    served: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[str, float]]:
-        """Second stage of :meth:`rank` for the user's candidate codes, given the exploration
-        items drawn, the sample of candidates to remember (None: nothing remembered), and the
-        feature rows and click logits of the candidates then the drawn items. Appends the
-        listed candidates' feature rows and probabilities to ``served`` (for the observer)."""
+    def _second_stage(self, slates: Sequence[Slate], X: np.ndarray, starts: np.ndarray, logits: np.ndarray,
+                      k: int, n_explore: int, samples: list[np.ndarray] | None) -> list[list[tuple[str, float]]]:
+        """The lists of a batch of ranked slates (each: the user's candidates, then the
+        exploration items drawn for him), given their feature rows and click logits: per slate,
+        its ``k`` best candidates (at most ``diversity_max_share`` of them from one category),
+        the last of them replaced by up to ``n_explore`` drawn items not among them. With
+        ``samples`` (the candidates to remember, per slate), each list's candidates are
+        remembered as what its user was shown. Sorted, counted and scored for the whole batch at
+        once; the loop over users only slices."""
         s, t = self.settings, self.table
-        n = len(codes)
-        n_explore = int(round(k * s.explore_share)) if s.explore_share > 0 else 0
-        items = t.ids[codes]
-        ids = items.tolist()
-        X, logits = X_all[:n], logits_all[:n]
-        order = np.argsort(-logits, kind="stable")
+        m = len(slates)
+        n_cand = np.fromiter((sl.n_reference for sl in slates), dtype=np.intp, count=m)
+        n_rows = np.fromiter((len(sl.codes) for sl in slates), dtype=np.intp, count=m)
+        codes = np.concatenate([sl.codes for sl in slates])
+        owner = np.repeat(np.arange(m), n_rows)
+        local = np.arange(len(codes)) - starts[owner]
+        cand = np.flatnonzero(local < n_cand[owner])
+        # per slate, the rows of its k best candidates, best first (ties: in candidate order)
+        top, t_start = _top_k_rows(logits[cand], owner[cand], local[cand], m, k)
+        top += starts[np.repeat(np.arange(m), np.minimum(n_cand, k))]
+        cats = t.cat[codes]
         cap = k if s.diversity_max_share >= 1.0 else max(1, math.ceil(k * s.diversity_max_share))
-        top = order[:k]
-        counts = np.bincount(t.cat[codes[top]])
-        counts[0] = 0  # code 0: no category, never capped
-        if counts.max() <= cap:  # nearly always: no category passes the cap among the first k
-            picked = top.tolist()
-        else:
-            picked = _capped(order, t.cat[codes], k, cap)
-        explore: list[int] = []  # positions in drawn
-        if drawn:
-            chosen = {ids[j] for j in picked}
-            explore = [p for p, item in enumerate(drawn) if item not in chosen][:n_explore]
-        keep = picked[: k - len(explore)]
-        out = [(ids[j], float(logits[j])) for j in keep]
-        if explore:
-            out.extend((drawn[p], float(logits_all[n + p])) for p in explore)
-            self.counters["explored"] += len(explore)
-        probs = 1.0 / (1.0 + np.exp(-np.clip([sc for _, sc in out], -30, 30)))
-        result = [(item, round(float(p), 6)) for (item, _), p in zip(out, probs)]
-        if self.observer is not None and keep:
-            served.append((X[keep], probs[: len(keep)]))
-        if sample is not None:
-            ref = self.reference(X)
-            self.published[ctx.user_id] = (frozenset(ids), items[sample].tolist(),
-                                           (ref[0].astype(np.float32), ref[1].astype(np.float32)))
-            self.published.move_to_end(ctx.user_id)
-            while len(self.published) > PUBLISHED_KEEP:
-                self.published.popitem(last=False)
-        return result
+        n_cat = int(cats.max()) + 1
+        counts = np.bincount(owner[top] * n_cat + cats[top], minlength=m * n_cat).reshape(m, n_cat)
+        counts[:, 0] = 0  # code 0: no category, never capped
+        capped = (counts.max(axis=1) > cap).tolist()  # nearly never: then the cap's loop
+        top_l, codes_l = top.tolist(), codes.tolist()
+        starts_l, n_cand_l, n_rows_l = starts.tolist(), n_cand.tolist(), n_rows.tolist()
+        listed: list[int] = []  # rows of every list, in list order: its kept candidates, then its explored items
+        n_kept: list[int] = []
+        n_listed: list[int] = []
+        for j in range(m):
+            st, nc = starts_l[j], n_cand_l[j]
+            if capped[j]:
+                order = np.argsort(-logits[st:st + nc], kind="stable")
+                picked = [st + i for i in _capped(order, cats[st:st + nc], k, cap)]
+            else:
+                picked = top_l[t_start[j]:t_start[j] + min(nc, k)]
+            explore: list[int] = []
+            if n_rows_l[j] > nc:
+                chosen = {codes_l[i] for i in picked}
+                explore = [i for i in range(st + nc, st + n_rows_l[j]) if codes_l[i] not in chosen][:n_explore]
+            keep = picked[: k - len(explore)]
+            listed.extend(keep)
+            listed.extend(explore)
+            n_kept.append(len(keep))
+            n_listed.append(len(keep) + len(explore))
+        rows = np.asarray(listed, dtype=np.intp)
+        probs = 1.0 / (1.0 + np.exp(-np.clip(logits[rows], -30, 30)))
+        ids = t.ids[codes[rows]].tolist()
+        rounded = [round(p, 6) for p in probs.tolist()]
+        out: list[list[tuple[str, float]]] = []
+        kept = np.zeros(len(rows), dtype=bool)
+        pos = 0
+        for n, n_keep in zip(n_listed, n_kept):
+            out.append(list(zip(ids[pos:pos + n], rounded[pos:pos + n])))
+            kept[pos:pos + n_keep] = True
+            pos += n
+        self.counters["explored"] += len(rows) - sum(n_kept)
+        if self.observer is not None and len(rows) and kept.any():
+            self.observer(X[rows[kept]], probs[kept])
+        if samples is not None:
+            self._remember(slates, X, codes, cand, owner, samples)
+        return out
+
+    def _remember(self, slates: Sequence[Slate], X: np.ndarray, codes: np.ndarray, cand: np.ndarray,
+                  owner: np.ndarray, samples: list[np.ndarray]) -> None:
+        """Each slate's candidates (rows ``cand`` of ``X``) as its user's last published list:
+        their ids, the sampled ones (negatives for the click model's next positive of the user),
+        and their sorted MF and co-visitation scores (what those negatives' rank features refer to)."""
+        ids = self.table.ids[codes[cand]].tolist()
+        mf_scores = X[cand, COL["mf"]].astype(np.float32)
+        covis = X[cand, COL["covis"]].astype(np.float32)
+        published = self.published
+        pos = 0
+        for sl, sample in zip(slates, samples):
+            n = sl.n_reference
+            cids = ids[pos:pos + n]
+            user = sl.ctx.user_id
+            published[user] = (cids, [cids[p] for p in sample.tolist()],
+                               (mf_scores[pos:pos + n].copy(), covis[pos:pos + n].copy()))
+            published.move_to_end(user)
+            pos += n
+        while len(published) > PUBLISHED_KEEP:
+            published.popitem(last=False)
 
     def recommend_one(self, user_id: str, user_row: dict | None, k: int) -> list[tuple[str, float]]:
         return self.rank(user_id, user_row, k)
@@ -1194,7 +1280,8 @@ class LearningRecommender:
         self._featurise_pending()
         return {"mf": self.mf.to_state(), "content": self.content.to_state(), "clicks": self.clicks,
                 "pending": self.pending, "published": self.published, "fresh": self.fresh,
-                "rng": self.rng.bit_generator.state, "counters": dict(self.counters),
+                "rng": self.rng.bit_generator.state, "explore_rng": self.explore_rng.bit_generator.state,
+                "counters": dict(self.counters),
                 "last_index_refresh_ms": self.last_index_refresh_ms}
 
     def load_state(self, state: dict, index: ItemIndex | None) -> None:
@@ -1207,6 +1294,8 @@ class LearningRecommender:
         self.published = OrderedDict((u, (v[0], v[1], v[-1])) for u, v in state["published"].items())
         self.fresh = state["fresh"]
         self.rng.bit_generator.state = state["rng"]
+        if "explore_rng" in state:  # checkpoints before it drew exploration from ``rng``
+            self.explore_rng.bit_generator.state = state["explore_rng"]
         self.counters = Counter(state["counters"])
         self.last_index_refresh_ms = state["last_index_refresh_ms"]
         self.refresh_caches()

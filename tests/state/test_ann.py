@@ -323,7 +323,7 @@ def test_query_falls_back_to_an_exact_scan(space, filter_threshold):
 @pytest.mark.parametrize("space", ["ip", "cosine"])
 def test_query_many_answers_each_row_as_query_does(space):
     ids, vecs, rng = _data(500)
-    index = _index(ids, vecs, space=space)
+    index = _index(ids, vecs, space=space, exact_max_work=0)  # the graph, however small the index
     index.mark_deleted("i1")
     if space == "ip":  # an item whose norm outgrew phi is scored beside the graph
         index.upsert_many(["big"], (vecs[0] / np.linalg.norm(vecs[0]) * 50.0)[None])
@@ -340,6 +340,33 @@ def test_query_many_answers_each_row_as_query_does(space):
     few, few_scores = index.query_many(Q[:2], len(index) + 5)  # more than the live items: -1 padded
     assert (few[:, len(index):] == -1).all() and np.isneginf(few_scores[:, len(index):]).all()
     assert "i1" not in index.items_of(few[0]) and None not in index.items_of(few[0, :len(index)])
+
+
+@pytest.mark.parametrize("space", ["ip", "cosine"])
+def test_query_many_scans_a_small_index_exactly(space):
+    ids, vecs, rng = _data(500)
+    index = _index(ids, vecs, space=space)  # 500 x 17 is under EXACT_MAX_WORK: one matrix product
+    index.mark_deleted("i1")
+    index.upsert_many(["i2"], vecs[3:4] * 0.5)  # re-inserted under a new label, the old one stale
+    if space == "ip":  # an item whose norm outgrew phi is scored like the others
+        index.upsert_many(["big"], (vecs[0] / np.linalg.norm(vecs[0]) * 50.0)[None])
+    truth = {i: v for i, v in zip(ids, vecs) if i != "i1"}
+    truth["i2"] = vecs[3] * 0.5
+    if space == "ip":
+        truth["big"] = vecs[0] / np.linalg.norm(vecs[0]) * 50.0
+    live, V = list(truth), np.stack(list(truth.values()))
+    Q = rng.normal(size=(20, DIM)).astype(np.float32)
+    labels, scores = index.query_many(Q, 15)
+    for r in range(20):
+        exact = _brute(V, Q[r], space)
+        best = np.argsort(-exact, kind="stable")[:15]
+        assert index.items_of(labels[r]) == [live[j] for j in best]
+        assert scores[r].tolist() == pytest.approx(exact[best].tolist(), rel=1e-4, abs=1e-4)
+    few, few_scores = index.query_many(Q[:2], len(index) + 5)  # more than the live items: -1 padded
+    assert (few[:, len(index):] == -1).all() and np.isneginf(few_scores[:, len(index):]).all()
+    assert sorted(index.items_of(few[0, :len(index)])) == sorted(live)
+    index.upsert_many(["new"], Q[:1] * 100.0)  # writes are seen by the next scan
+    assert index.items_of(index.query_many(Q[:1], 1)[0][0]) == ["new"]
 
 
 def test_label_items_map_every_label_until_a_rebuild_restarts_them():

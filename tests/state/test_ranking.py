@@ -506,3 +506,47 @@ def test_the_category_cap_takes_candidates_in_order_and_fills_past_it_only_when_
             (over if c and sum(int(cats[i]) == c for i in taken) >= cap else taken).append(j)
         expected = (taken + over)[:k] if len(taken) < k else taken[:k]
         assert _capped(order, cats, k, cap) == expected
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_each_groups_top_k_rows_are_the_first_k_of_its_stable_argsort(seed):
+    """_top_k_rows (one padded partition for the batch) equals the first k of each group's
+    ``np.argsort(-values, kind="stable")``, with ties (at the k-th value too) and groups of
+    fewer than k rows."""
+    from freshrec.state.ranking import _top_k_rows
+
+    rng = np.random.default_rng(seed)
+    for _ in range(100):
+        lengths = rng.integers(1, 300, rng.integers(1, 70))
+        k = int(rng.integers(1, 40))
+        owner = np.repeat(np.arange(len(lengths)), lengths)
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        local = np.arange(len(owner)) - starts[owner]
+        values = np.round(rng.normal(size=len(owner)), int(rng.integers(0, 3)))  # many ties
+        top, top_starts = _top_k_rows(values, owner, local, len(lengths), k)
+        for g, (s, m) in enumerate(zip(starts, lengths)):
+            expected = np.argsort(-values[s:s + m], kind="stable")[:k]
+            assert top[top_starts[g]:top_starts[g] + min(m, k)].tolist() == expected.tolist()
+        assert len(top) == int(np.minimum(lengths, k).sum())
+
+
+def test_a_checkpoint_from_before_the_exploration_stream_and_unsorted_references_loads():
+    """Older checkpoints have no ``explore_rng`` and remembered sorted references with
+    frozensets of candidates: they load, and a positive among those candidates is learned."""
+    feed, _ = _twins()
+    rec = feed.p.recommender
+    users = [f"u{u}" for u in range(30)]
+    rec.publish_many([(u, feed.p.features.user(u)) for u in users], 10)
+    state = rec.to_state()
+    del state["explore_rng"]
+    state["published"] = {u: (frozenset(c), s, (np.sort(r[0]), np.sort(r[1])))
+                          for u, (c, s, r) in state["published"].items()}
+    rec.load_state(state, rec.index)
+    assert rec.publish_many([(u, feed.p.features.user(u)) for u in users[:3]], 10)[0]
+    learned = rec.clicks.n_learned
+    user = users[5]
+    candidates = rec.published[user][0]
+    assert isinstance(candidates, frozenset)  # still the old checkpoint's entry
+    item = sorted(candidates)[0]  # candidates exclude the items seen when the list was made
+    feed.send("click", user_id=user, item_id=item)
+    assert rec.clicks.n_learned > learned
