@@ -94,6 +94,7 @@ class Settings:
     click_negatives: int = 8  # sampled candidate negatives per positive without an impression
     click_sample_behind: float = 0.1  # share of impressions the click model learns while the worker is behind or lists wait
     ann_candidates: int = 100  # candidates from the MF item index per user (200: 17% more work per list, same HitRate)
+    ann_exact_max_work: int = 1 << 18  # list queries scan an index exactly while live items x dims is at most this (0: always the HNSW graph)
     content_candidates: int = 20  # candidates from the content index per user
     fresh_candidates: int = 20  # newest catalogue items considered per user
     explore_share: float = 0.1  # share of list slots for exploration (Thompson sampling on CTR)

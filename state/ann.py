@@ -396,7 +396,8 @@ class ItemIndex:
             del out[k:]
         return out
 
-    def query_many(self, vectors, k: int, num_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def query_many(self, vectors, k: int, num_threads: int | None = None,
+                   exact_max_work: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best live labels for each row of ``vectors`` in one hnswlib call:
         ``(labels, scores)``, both of shape ``(n, k)``, best first, label -1 (score -inf) past
         the live items. No exclusions: over-fetch and filter (see :meth:`items_of`,
@@ -405,7 +406,9 @@ class ItemIndex:
         hnswlib runs a batch on ``num_threads`` threads (default ``self.num_threads``) without
         the GIL. Scores are those of :meth:`query` (inner products / cosines); a row whose
         search finds fewer than ``k`` (many deleted slots) falls back to :meth:`query`'s wider
-        search and exact scan.
+        search and exact scan. While live items x (dim + 1) is at most ``exact_max_work``
+        (default: the index's, :data:`EXACT_MAX_WORK`), every live vector is scored instead, in
+        one matrix product (cheaper than the graph at that size, and exact).
         """
         Q = _as_matrix(vectors, self.dim)
         n, live = len(Q), len(self)
@@ -414,7 +417,7 @@ class ItemIndex:
         scores = np.full((n, k), -np.inf, dtype=np.float32)
         if not n or not k or not live:
             return labels, scores
-        if live * (self.dim + 1) <= self.exact_max_work:
+        if live * (self.dim + 1) <= (self.exact_max_work if exact_max_work is None else exact_max_work):
             got, sc = self._exact_many(Q, k)
             labels[:, : got.shape[1]], scores[:, : got.shape[1]] = got, sc
             return labels, scores

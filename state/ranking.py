@@ -1056,7 +1056,8 @@ class LearningRecommender:
             else:
                 groups.setdefault(1 << (m - 1).bit_length() if m else 0, []).append(r)
         for extra, rows in groups.items():
-            got, _ = index.query_many(Q[rows], k + extra, num_threads=ANN_THREADS)
+            got, _ = index.query_many(Q[rows], k + extra, num_threads=ANN_THREADS,
+                                      exact_max_work=self.settings.ann_exact_max_work)
             codes = labels(index, t, got)
             for j, r in enumerate(rows):
                 c = codes[j]

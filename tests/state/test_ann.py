@@ -346,6 +346,8 @@ def test_query_many_answers_each_row_as_query_does(space):
 def test_query_many_scans_a_small_index_exactly(space):
     ids, vecs, rng = _data(500)
     index = _index(ids, vecs, space=space)  # 500 x 17 is under EXACT_MAX_WORK: one matrix product
+    index.query_many(vecs[:2], 5, exact_max_work=0)  # told to walk the graph: no scan prepared
+    assert index._live_vectors is None
     index.mark_deleted("i1")
     index.upsert_many(["i2"], vecs[3:4] * 0.5)  # re-inserted under a new label, the old one stale
     if space == "ip":  # an item whose norm outgrew phi is scored like the others
