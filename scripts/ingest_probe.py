@@ -1,7 +1,7 @@
 """The worker's per-batch work in process, on the benchmark's synthetic stream: WARM interactions
 to build up state, then MEASURE interactions timed (or counted by callgrind, see count_instructions.sh).
 
-    python scripts/ingest_probe.py [--warm 50000] [--measure 10000] [--partials] [--no-freeze] [--lists N]
+    python scripts/ingest_probe.py [--warm 50000] [--measure 10000] [--partials] [--no-freeze] [--lists N] [--live N]
 
 Batches of ``FRESHREC_BATCH_MAX`` messages in stream order (catalogue changes applied first, as
 the stream engine does), on 8 partitions keyed by user and item, the worker's garbage
@@ -9,7 +9,12 @@ collector settings (and its ``gc.freeze()`` after each batch unless ``--no-freez
 whenever one is due with a clock that moves 250 ms a batch, and the worker "behind" (the
 benchmark's backlog phase). ``--partials`` keeps per-partition item rows (the Faust engine's
 layout) instead of the stream engine's merged views. ``--lists N`` measures N lists instead
-(after the warm-up: the first N users' lists, in batches as the worker makes them).
+(after the warm-up: the first N users' lists, in batches as the worker makes them). ``--live N``
+measures N interactions caught up with the stream instead, as a worker sees them at 5k events/s:
+batches of 100 with a clock that moves 20 ms a batch, every pending user listed at each flush
+(no time budget), every slate learned; it prints the CPU of learning per event and of flushes per
+list. Lists cost about twice as much there as in ``--lists``: the active users are the heavy
+ones, and the co-visitation lists of the items they engaged with change every second.
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ import os
 import time
 import zlib
 
+import dataclasses
+
 import orjson
+from threadpoolctl import threadpool_limits
 
 from freshrec.settings import load_settings
 from freshrec.state.pipeline import PUBLISH_CHUNK, Pipeline, Record, publish_many
@@ -38,9 +46,15 @@ def main() -> None:
     ap.add_argument("--handshake", metavar="FILE",
                     help="before the measured part, write the pid to FILE and wait for FILE.ack "
                          "(count_instructions.sh turns callgrind's instrumentation on in between)")
+    ap.add_argument("--live", type=int, default=0, metavar="N",
+                    help="measure N interactions caught up with the stream (see above) instead")
     args = ap.parse_args()
 
+    threadpool_limits(limits=1, user_api="blas")  # as every freshrec command (freshrec/cli.py)
     s = load_settings()
+    if args.live:
+        s = dataclasses.replace(s, recompute_budget_ms=0, recompute_budget_behind_ms=0)
+        args.measure = args.live
     events = list(synthetic_events(n_users=20_000, n_items=10_000, n_events=args.warm + args.measure,
                                    seed=1, realtime=True))
     now = [1_800_000_000_000]
@@ -88,6 +102,28 @@ def main() -> None:
             publish_many(p.recommender, rows[start:start + PUBLISH_CHUNK], s.recs_k)
         cpu = time.process_time() - t0
         print(f"measured {len(rows)} lists: {cpu:.2f} CPU s, {1000 * cpu / max(len(rows), 1):.3f} ms per list")
+        return
+    if args.live:
+        p.set_behind(False)
+        p.collect_updates(force=True)
+        learn = flush = 0.0
+        lists = 0
+        for i in range(warm, len(records), 100):
+            batch = records[i:i + 100]
+            t0 = time.process_time()
+            p.process_catalogue([r for r in batch if r.topic == "c"])
+            p.process_interactions([r for r in batch if r.topic == "i"])
+            if not args.no_freeze:
+                gc.freeze()
+            now[0] += 20
+            t1 = time.process_time()
+            learn += t1 - t0
+            if p.due():
+                lists += p.collect_updates().recs
+            flush += time.process_time() - t1
+        n = len(inter) - args.warm
+        print(f"live: {n} interactions, learning {1e6 * learn / max(n, 1):.1f} us CPU each; "
+              f"flushes {flush:.2f} CPU s for {lists} lists, {1000 * flush / max(lists, 1):.3f} ms per list")
         return
     t0 = time.process_time()
     lists = run(warm, len(records))
