@@ -1,6 +1,6 @@
 """The benchmark's freshness accounting (pure functions; the benchmark itself is run by hand)."""
 
-from freshrec.bench import newest_event_freshness
+from freshrec.bench import made_during_and_after, newest_event_freshness
 
 
 def test_a_list_counts_only_when_it_reflects_the_users_newest_event():
@@ -17,6 +17,21 @@ def test_a_list_counts_only_when_it_reflects_the_users_newest_event():
     assert got["share"] == 0.5
     assert got["p50_ms"] == 900  # of [150, 900], the upper middle (as _percentile takes it)
     assert got["p99_ms"] == 900
+
+
+def test_lists_reflecting_the_newest_event_split_at_the_end_of_the_phase():
+    newest = {"a": 1_000, "b": 2_000, "c": 3_000, "d": 4_000, "e": 4_500}
+    lists = {
+        "a": {"event_ts": 1_000, "generated_at": 1_150},  # made during the phase, 150 ms after
+        "b": {"event_ts": 1_500, "generated_at": 9_000},  # misses b's newest event: not counted
+        "c": {"event_ts": 3_000, "generated_at": 5_200},  # made after the phase (ended at 5,000)
+        "d": {"event_ts": 4_000, "generated_at": 5_000},  # at the end: during
+        "e": None,
+    }
+    got = made_during_and_after(newest, lists, ended_ms=5_000)
+    assert got["during"] == {"lists": 2, "p50_ms": 1_000, "p99_ms": 1_000}
+    assert got["after"] == {"lists": 1, "p50_ms": 2_200, "p99_ms": 2_200}
+    assert made_during_and_after(newest, {}, 5_000)["after"] == {"lists": 0, "p50_ms": None, "p99_ms": None}
 
 
 def test_no_active_users_gives_no_share():
