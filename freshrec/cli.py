@@ -42,7 +42,6 @@ def main() -> None:
     threadpool_limits(limits=1, user_api="blas")
 
 
-
 @main.command()
 @click.option("--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))

@@ -22,10 +22,9 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import dataclasses
 import time
 import zlib
-
-import dataclasses
 
 import orjson
 from threadpoolctl import threadpool_limits
@@ -71,20 +70,25 @@ def main() -> None:
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)  # as StreamWorker.run
 
-    def run(lo: int, hi: int) -> int:
-        """Batches as the stream engine makes them: catalogue first, then the interactions."""
-        lists = 0
-        for i in range(lo, hi, s.batch_max):
-            batch = records[i:min(i + s.batch_max, hi)]
-            p.set_behind(True)
+    def run(lo: int, hi: int, size: int = s.batch_max, tick_ms: int = 250,
+            behind: bool = True) -> tuple[int, float, float]:
+        """Batches as the stream engine makes them: catalogue first, then the interactions.
+        Returns the lists made and the CPU seconds of applying the batches and of the flushes."""
+        lists, learn, flush = 0, 0.0, 0.0
+        for i in range(lo, hi, size):
+            batch = records[i:min(i + size, hi)]
+            t0 = time.process_time()
+            p.set_behind(behind)
             p.process_catalogue([r for r in batch if r.topic == "c"])
             p.process_interactions([r for r in batch if r.topic == "i"])
             if not args.no_freeze:
                 gc.freeze()
-            now[0] += 250
+            now[0] += tick_ms
+            t1 = time.process_time()
             if p.due():
                 lists += p.collect_updates().recs
-        return lists
+            learn, flush = learn + t1 - t0, flush + time.process_time() - t1
+        return lists, learn, flush
 
     inter = [j for j, r in enumerate(records) if r.topic == "i"]
     warm = inter[args.warm] if args.warm < len(inter) else len(records)  # the first measured message
@@ -106,27 +110,13 @@ def main() -> None:
     if args.live:
         p.set_behind(False)
         p.collect_updates(force=True)
-        learn = flush = 0.0
-        lists = 0
-        for i in range(warm, len(records), 100):
-            batch = records[i:i + 100]
-            t0 = time.process_time()
-            p.process_catalogue([r for r in batch if r.topic == "c"])
-            p.process_interactions([r for r in batch if r.topic == "i"])
-            if not args.no_freeze:
-                gc.freeze()
-            now[0] += 20
-            t1 = time.process_time()
-            learn += t1 - t0
-            if p.due():
-                lists += p.collect_updates().recs
-            flush += time.process_time() - t1
+        lists, learn, flush = run(warm, len(records), size=100, tick_ms=20, behind=False)
         n = len(inter) - args.warm
         print(f"live: {n} interactions, learning {1e6 * learn / max(n, 1):.1f} us CPU each; "
               f"flushes {flush:.2f} CPU s for {lists} lists, {1000 * flush / max(lists, 1):.3f} ms per list")
         return
     t0 = time.process_time()
-    lists = run(warm, len(records))
+    lists, _, _ = run(warm, len(records))
     cpu = time.process_time() - t0
     n = len(inter) - args.warm
     print(f"measured {n} interactions, {len(records) - warm - n} catalogue changes, {lists} lists: "

@@ -133,8 +133,7 @@ class ItemIndex:
     def __init__(self, dim: int, space: str = "ip", M: int = 16, ef_construction: int = 100,
                  ef: int = 100, capacity: int = 1024, update: str = "reinsert",
                  max_stale_ratio: float = 0.5, filter_threshold: int = 256,
-                 num_threads: int = 1, seed: int = 100, phi_headroom: float = 1.25,
-                 exact_max_work: int = EXACT_MAX_WORK) -> None:
+                 num_threads: int = 1, seed: int = 100, phi_headroom: float = 1.25) -> None:
         if space not in SPACES:
             raise ValueError(f"space must be one of {SPACES}, not {space!r}")
         if update not in UPDATE_MODES:
@@ -150,7 +149,6 @@ class ItemIndex:
         self.num_threads = int(num_threads)
         self.seed = int(seed)
         self.phi_headroom = float(phi_headroom)
-        self.exact_max_work = int(exact_max_work)
         self._live_vectors: tuple[np.ndarray, np.ndarray] | None = None  # live labels and their vectors (exact scans)
         self._phi: float | None = None  # "ip": radius of the MIPS -> L2 reduction, set on first insert
         self._over: dict[str, np.ndarray] = {}  # "ip": live items with |v| > phi -> vector
@@ -329,7 +327,7 @@ class ItemIndex:
                           ef=self.ef, capacity=max(len(item_ids), 1), update=self.update,
                           max_stale_ratio=self.max_stale_ratio,
                           filter_threshold=self.filter_threshold, num_threads=self.num_threads,
-                          seed=self.seed, phi_headroom=self.phi_headroom, exact_max_work=self.exact_max_work)
+                          seed=self.seed, phi_headroom=self.phi_headroom)
         fresh.upsert_many(list(item_ids), vecs)
         return fresh
 
@@ -397,7 +395,7 @@ class ItemIndex:
         return out
 
     def query_many(self, vectors, k: int, num_threads: int | None = None,
-                   exact_max_work: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   exact_max_work: int = EXACT_MAX_WORK) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best live labels for each row of ``vectors`` in one hnswlib call:
         ``(labels, scores)``, both of shape ``(n, k)``, best first, label -1 (score -inf) past
         the live items. No exclusions: over-fetch and filter (see :meth:`items_of`,
@@ -407,7 +405,7 @@ class ItemIndex:
         the GIL. Scores are those of :meth:`query` (inner products / cosines); a row whose
         search finds fewer than ``k`` (many deleted slots) falls back to :meth:`query`'s wider
         search and exact scan. While live items x (dim + 1) is at most ``exact_max_work``
-        (default: the index's, :data:`EXACT_MAX_WORK`), every live vector is scored instead, in
+        (0: never), every live vector is scored instead, in
         one matrix product (cheaper than the graph at that size, and exact).
         """
         Q = _as_matrix(vectors, self.dim)
@@ -417,7 +415,7 @@ class ItemIndex:
         scores = np.full((n, k), -np.inf, dtype=np.float32)
         if not n or not k or not live:
             return labels, scores
-        if live * (self.dim + 1) <= (self.exact_max_work if exact_max_work is None else exact_max_work):
+        if live * (self.dim + 1) <= exact_max_work:
             got, sc = self._exact_many(Q, k)
             labels[:, : got.shape[1]], scores[:, : got.shape[1]] = got, sc
             return labels, scores
@@ -542,7 +540,6 @@ class ItemIndex:
             "version": META_VERSION, "dim": self.dim, "space": self.space, "M": self.M,
             "ef_construction": self.ef_construction, "ef": self.ef, "update": self.update,
             "max_stale_ratio": self.max_stale_ratio, "filter_threshold": self.filter_threshold,
-            "exact_max_work": self.exact_max_work,
             "num_threads": self.num_threads, "seed": self.seed, "phi_headroom": self.phi_headroom,
             "phi": self._phi, "over": list(self._over),
             "next_label": self._next_label, "stale": self._stale, "labels": self._label,
@@ -564,7 +561,6 @@ class ItemIndex:
                     "filter_threshold", "num_threads", "seed", "phi_headroom"):
             setattr(self, key, meta[key])
         self._phi = meta["phi"]
-        self.exact_max_work = int(meta.get("exact_max_work", EXACT_MAX_WORK))
         self._live_vectors = None
         self._label = {item: int(label) for item, label in meta["labels"].items()}
         self._item = {label: item for item, label in self._label.items()}

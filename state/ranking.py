@@ -124,8 +124,13 @@ class CovisScores:
 
     def lookup(self, codes: np.ndarray) -> np.ndarray:
         """The score of each of ``codes`` (0.0 for codes without one), as ``dict.get(id, 0.0)``."""
-        pos = np.minimum(np.searchsorted(self.codes, codes), len(self.codes) - 1)
-        return np.where(self.codes[pos] == codes, self.values[pos], 0.0)
+        return _sorted_lookup(self.codes, self.values, codes)
+
+
+def _sorted_lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """The value of each of ``query`` among the sorted, non-empty ``keys`` (0.0 where absent)."""
+    pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+    return np.where(keys[pos] == query, values[pos], 0.0)
 
 
 def _rank_within(values: np.ndarray, owner: np.ndarray, n_ref: np.ndarray, is_ref: np.ndarray) -> np.ndarray:
@@ -373,19 +378,19 @@ def _top_k_rows(values: np.ndarray, owner: np.ndarray, local: np.ndarray, m: int
     """Per group (``owner``, 0 .. m-1, each group's rows contiguous, ``local`` their positions in
     it), the positions of its ``k`` largest ``values`` in decreasing order, ties in position
     order: the first ``k`` of ``np.argsort(-group_values, kind="stable")``, for all groups at
-    once. Returns the positions, group after group, and where each group's start.
+    once. Returns the positions, group after group, and where each group's positions start.
 
     The groups' values go in one padded matrix; ``np.partition`` finds each row's k-th largest,
     the rows above it are taken with as many of the rows equal to it as fill k, in position
-    order, and only those are sorted (one ``lexsort`` of the batch's sorts per list cost ~13 µs
-    a list)."""
+    order, and only those are sorted (one ``lexsort`` of every candidate of a batch of 64 lists
+    cost ~1.4 ms)."""
     sizes = np.bincount(owner, minlength=m)
     width = max(int(sizes.max()), k) if len(values) else k
     M = np.full((m, width), -np.inf)
     M[owner, local] = values
     valid = np.zeros((m, width), dtype=bool)
     valid[owner, local] = True
-    kth = np.partition(M, width - k, axis=1)[:, width - k] if width > k else M.min(axis=1)
+    kth = np.partition(M, width - k, axis=1)[:, width - k]
     above = valid & (M > kth[:, None])
     tied = valid & (M == kth[:, None])
     need = k - above.sum(axis=1)
@@ -909,9 +914,7 @@ class LearningRecommender:
             span = np.int64(len(t) + 1)
             keys = np.concatenate([j * span + ctxs[j].covis_scores.codes for j in with_arrays])
             values = np.concatenate([ctxs[j].covis_scores.values for j in with_arrays])
-            row_keys = owner * span + codes
-            pos = np.minimum(np.searchsorted(keys, row_keys), len(keys) - 1)
-            cv = np.where(keys[pos] == row_keys, values[pos], cv)
+            cv += _sorted_lookup(keys, values, owner * span + codes)  # 0.0 on the other slates' rows
         X[:, COL["covis"]] = np.log1p(20.0 * cv)
         if at_batch_start:
             X[:, COL["ctr"]:COL["freshness"] + 1] = self._item_features_at_batch_start(codes)

@@ -323,13 +323,13 @@ def test_query_falls_back_to_an_exact_scan(space, filter_threshold):
 @pytest.mark.parametrize("space", ["ip", "cosine"])
 def test_query_many_answers_each_row_as_query_does(space):
     ids, vecs, rng = _data(500)
-    index = _index(ids, vecs, space=space, exact_max_work=0)  # the graph, however small the index
+    index = _index(ids, vecs, space=space)
     index.mark_deleted("i1")
     if space == "ip":  # an item whose norm outgrew phi is scored beside the graph
         index.upsert_many(["big"], (vecs[0] / np.linalg.norm(vecs[0]) * 50.0)[None])
     Q = rng.normal(size=(20, DIM)).astype(np.float32)
     Q[0] = vecs[0]
-    labels, scores = index.query_many(Q, 15, num_threads=2)
+    labels, scores = index.query_many(Q, 15, num_threads=2, exact_max_work=0)  # the graph, however small
     assert labels.shape == scores.shape == (20, 15)
     for r in range(20):
         single = index.query(Q[r], 15)
@@ -337,7 +337,7 @@ def test_query_many_answers_each_row_as_query_does(space):
         assert scores[r].tolist() == pytest.approx([s for _, s in single], rel=1e-4, abs=1e-4)
     if space == "ip":
         assert index.items_of(labels[0])[0] == "big"
-    few, few_scores = index.query_many(Q[:2], len(index) + 5)  # more than the live items: -1 padded
+    few, few_scores = index.query_many(Q[:2], len(index) + 5, exact_max_work=0)  # more than the live items: -1 padded
     assert (few[:, len(index):] == -1).all() and np.isneginf(few_scores[:, len(index):]).all()
     assert "i1" not in index.items_of(few[0]) and None not in index.items_of(few[0, :len(index)])
 
