@@ -77,6 +77,7 @@ class Settings:
     recompute_budget_ms: int = 100  # at most this long recomputing lists per flush (0: no limit)
     recompute_budget_behind_ms: int = 25  # the same while the worker is behind (catching up first)
     trending_interval_ms: int = 1000  # trending / similar lists refresh interval
+    similar_refresh_ms: int = 10_000  # an item's similar list is made at most once per interval (deletions at once)
     redis_prefix: str = "freshrec"
     recs_ttl_s: int = 7 * 86400  # TTL of published keys; 0 = no expiry
     # --- learning recommender (state/ranking.py); model "covis" is the counting baseline
@@ -93,7 +94,7 @@ class Settings:
     click_lr: float = 0.008  # SGD learning rate of the click model
     click_negatives: int = 8  # sampled candidate negatives per positive without an impression
     click_sample_behind: float = 0.1  # share of impressions the click model learns while the worker is behind or lists wait
-    ann_candidates: int = 100  # candidates from the MF item index per user (200: 17% more work per list, same HitRate)
+    ann_candidates: int = 50  # candidates from the MF item index per user (100: 7% more list CPU, same HitRate; README)
     ann_exact_max_work: int = 1 << 18  # list queries scan an index exactly while live items x dims is at most this (0: always the HNSW graph)
     content_candidates: int = 20  # candidates from the content index per user
     fresh_candidates: int = 20  # newest catalogue items considered per user

@@ -74,6 +74,7 @@ log = logging.getLogger("freshrec.pipeline")
 PUBLISH_CHUNK = 64  # users ranked per batch (publish_many); the time budget is checked between batches
 MIN_PUBLISH_CHUNK = 4  # the smallest batch when a time budget sets its size (Pipeline._chunk)
 SIMILAR_BUDGET_SHARE = 0.25  # similar:{item} lists get this share of a flush's time budget
+SIMILAR_MADE_MAX = 100_000  # items whose similar list's time is remembered before the old ones are dropped
 
 
 def publish_many(recommender: object, rows: list[tuple[str, dict | None]], k: int) -> list[list]:
@@ -118,6 +119,7 @@ class Pipeline:
         self.lists_deferred = False  # the last flush's budget left some of them waiting (see _users_due)
         self.deleted_users: set[str] = set()
         self.pending_similar: set[str] = set()
+        self.similar_made: dict[str, int] = {}  # item -> when its similar list was last made (clock ms)
         self.last_recompute_ms = 0
         self.last_trending_ms = 0
         self.changed_since_trending = True  # anything applied since trending was last computed
@@ -362,7 +364,7 @@ class Pipeline:
         now = self.clock()
         updates = Updates()
         if force or self._trending_due(now):
-            self._collect_trending(now, updates)
+            self._collect_trending(now, updates, force)
         if not force and not self._lists_now(now):
             return updates
         self.last_recompute_ms = now
@@ -499,9 +501,11 @@ class Pipeline:
             else:
                 self.pending_users[user_id] = None
         self.pending_similar.update(updates.similar)
+        for item in updates.similar:  # not written: due again at once
+            self.similar_made.pop(item, None)
         self.changed_since_trending = True
 
-    def _collect_trending(self, now: int, updates: Updates) -> None:
+    def _collect_trending(self, now: int, updates: Updates, force: bool = False) -> None:
         self.last_trending_ms = now
         self.changed_since_trending = False
         stream_now = self.features.stream_time_ms
@@ -519,13 +523,24 @@ class Pipeline:
         # under overload, the rest waits for the next refresh
         budget_ms = self._budget_ms()
         budget_s = SIMILAR_BUDGET_SHARE * budget_ms / 1000.0 if budget_ms > 0 else None
+        # and an item's list is made at most once per similar_refresh_ms (deletions at once):
+        # engagements touch most of a catalogue every second, its neighbours barely move
         t0 = time.perf_counter()
+        made = self.similar_made
+        if len(made) > SIMILAR_MADE_MAX:
+            self.similar_made = made = {i: t for i, t in made.items() if now - t < self.settings.similar_refresh_ms}
+        not_before = now - (0 if force else self.settings.similar_refresh_ms)
         done: list[str] = []
         for item in self.pending_similar:
-            done.append(item)
             if self.catalogue.is_deleted(item):
+                done.append(item)
+                made.pop(item, None)
                 updates.deletes.append(self.keys.similar(item))
                 continue
+            if made.get(item, not_before) > not_before:
+                continue
+            done.append(item)
+            made[item] = now
             scored = self.recommender.similar_one(item, self.settings.similar_k)
             updates.sets.append((self.keys.similar(item),
                                  similar_payload(item, scored, self.model_name, now)))

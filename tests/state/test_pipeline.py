@@ -92,6 +92,33 @@ def test_trending_and_similar_lists_are_published_and_deleted_items_leave_them()
     assert p.keys.similar("a") in up2.deletes
 
 
+def test_an_items_similar_list_is_made_at_most_once_per_refresh_interval_and_a_deletion_at_once():
+    clock = Clock()
+    p = Pipeline(Settings(trending_interval_ms=1000, similar_refresh_ms=10_000), clock=clock)
+    p.process_interactions([rec(0, click(0, user="u1", item="a")), rec(1, click(1, user="u1", item="b"))])
+    first = dict(p.collect_updates().sets)
+    assert p.keys.similar("a") in first and p.keys.similar("b") in first
+    clock.t += 2000
+    p.process_interactions([rec(2, click(2, user="u2", item="a")), rec(3, click(3, user="u2", item="c"))])
+    second = dict(p.collect_updates().sets)
+    assert p.keys.similar("c") in second and p.keys.similar("a") not in second  # a: made 2 s ago
+    assert "a" in p.pending_similar and p.due(clock.t + 1000)  # waiting, not forgotten
+    clock.t += 1000
+    assert p.keys.similar("a") not in dict(p.collect_updates().sets)
+    clock.t += 7000  # 10 s after a's list was made
+    third = dict(p.collect_updates().sets)
+    assert orjson.loads(third[p.keys.similar("a")])["items"]  # due again
+    assert not p.pending_similar
+    p.process_interactions([rec(4, click(4, user="u3", item="a"))])
+    p.process_catalogue([rec(0, {"type": "item_delete", "event_id": "d1", "item_id": "a", "ts": 5},
+                             topic="t.catalogue")])
+    clock.t += 1000
+    assert p.keys.similar("a") in p.collect_updates().deletes  # a deletion does not wait
+    p.process_interactions([rec(5, click(5, user="u3", item="b"))])
+    clock.t += 1000
+    assert p.keys.similar("b") in dict(p.collect_updates(force=True).sets)  # force: everything pending now
+
+
 def test_interactions_on_items_the_catalogue_has_not_upserted_are_counted():
     p = Pipeline(Settings(), clock=Clock())
     p.process_catalogue([rec(0, {"type": "item_upsert", "event_id": "c1", "item_id": "a", "ts": 1},
