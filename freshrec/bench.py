@@ -96,6 +96,38 @@ def process_cpu_s(pid: int) -> float | None:
         return None
 
 
+def machine_idle_s() -> float | None:
+    """Idle CPU seconds of the whole machine so far, summed over its cores (``/proc/stat``: idle +
+    iowait); None where Linux's ``/proc`` is not there."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class CpuSplit:
+    """Where a machine's CPU went over an interval: the cores each named process used on average
+    (1.0: one core all the time) and the cores left idle. A worker that is the bottleneck at
+    ~1.0 beside an idle core says "one process's worth of capacity", which no rate alone says."""
+
+    def __init__(self, pids: Mapping[str, int | None]) -> None:
+        self.pids = {name: pid for name, pid in pids.items() if pid}
+        self.t0 = time.monotonic()
+        self.start = self._read()
+
+    def _read(self) -> dict[str, float | None]:
+        out = {name: process_cpu_s(pid) for name, pid in self.pids.items()}
+        out["idle"] = machine_idle_s()
+        return out
+
+    def cores(self) -> dict[str, float]:
+        """Cores used since the start, per name (and ``idle``); names that could not be read are left out."""
+        end, dt = self._read(), max(time.monotonic() - self.t0, 1e-9)
+        return {name: round((end[name] - self.start[name]) / dt, 2) for name in end
+                if end[name] is not None and self.start[name] is not None}
+
+
 def pipeline_rate(settings: Settings, expected: int, proc: subprocess.Popen,
                   timeout_s: float = 900.0) -> tuple[float, float, float | None]:
     """Events/s of the worker over the preloaded backlog: (rate, seconds, the worker's CPU
@@ -180,6 +212,13 @@ def made_during_and_after(newest_ts: Mapping[str, int], lists: Mapping[str, dict
             for name, d in (("during", during), ("after", after))}
 
 
+def cores_line(cores: Mapping[str, float]) -> str:
+    """:meth:`CpuSplit.cores` as one line of the report."""
+    used = ", ".join(f"{name} {v:.2f}" for name, v in cores.items() if name != "idle")
+    idle = f"; the machine left {cores['idle']:.2f} of {os.cpu_count()} idle" if "idle" in cores else ""
+    return f"CPU while the phase was produced, in cores: {used}{idle}"
+
+
 def current_lists(settings: Settings, user_ids: list[str]) -> dict[str, dict | None]:
     """The users' current lists in Redis (decoded; None where a user has none)."""
     import redis
@@ -197,7 +236,7 @@ def current_lists(settings: Settings, user_ids: list[str]) -> dict[str, dict | N
 
 
 def _measure_freshness(settings: Settings, rate: float, seconds: float, users: int, items: int,
-                       proc: subprocess.Popen, seed: int) -> dict:
+                       proc: subprocess.Popen, seed: int, service_pids: Mapping[str, int | None]) -> dict:
     from freshrec.cli import wait_caught_up
     from freshrec.streams.datasets.synthetic import synthetic_events
     from freshrec.streams.producer import EventProducer
@@ -213,8 +252,10 @@ def _measure_freshness(settings: Settings, rate: float, seconds: float, users: i
                 newest[e["user_id"]] = max(e["ts"], newest.get(e["user_id"], 0))
                 yield e
 
+    cpu = CpuSplit({"worker": proc.pid, "producer (this process)": os.getpid(), **service_pids})
     with EventProducer(settings) as producer:
         summary = replay(events(), producer, rate=rate, progress=False)
+    cores = cpu.cores()
     ended = time.monotonic()
     ended_ms = int(time.time() * 1000)
     wait_caught_up(settings, quiet=True, proc=proc)
@@ -234,7 +275,7 @@ def _measure_freshness(settings: Settings, rate: float, seconds: float, users: i
             "p50_ms": _percentile(samples, 0.5), "p99_ms": _percentile(samples, 0.99),
             "mean_ms": round(statistics.fmean(samples), 1) if samples else None,
             "newest_event": newest_now, "all_lists_after_s": all_after_s,
-            "newest_event_final": made_during_and_after(newest, lists, ended_ms)}
+            "newest_event_final": made_during_and_after(newest, lists, ended_ms), "cores_during_phase": cores}
 
 
 @click.command()
@@ -266,10 +307,12 @@ def bench(events: int, users: int, items: int, rates: tuple[float, ...], seconds
     from freshrec.streams.replay import replay
     from freshrec.streams.topics import ensure_topics
 
+    service_pids: dict[str, int | None] = {}  # the local services' processes, for the CPU split
     if not os.environ.get("FRESHREC_KAFKA_BROKERS"):
         from freshrec.localinfra.stack import DevStack
 
-        DevStack().up()
+        up = DevStack().up()
+        service_pids = {"Kafka broker": up.get("kafka_pid"), "Redis": up.get("redis_pid")}
     run = time.strftime("%Y%m%d%H%M%S")
     base = load_settings()
     if engine == "faust" and model != "covis":
@@ -297,7 +340,7 @@ def bench(events: int, users: int, items: int, rates: tuple[float, ...], seconds
     try:
         rate, secs, cpu_s = pipeline_rate(settings, n_interactions, proc)
         wait_caught_up(settings, quiet=True, proc=proc)
-        fresh = [_measure_freshness(settings, r, seconds, users, items, proc, seed=2 + i)
+        fresh = [_measure_freshness(settings, r, seconds, users, items, proc, seed=2 + i, service_pids=service_pids)
                  for i, r in enumerate(rates)]
     finally:
         proc.terminate()
@@ -334,6 +377,7 @@ def bench(events: int, users: int, items: int, rates: tuple[float, ...], seconds
         d, a = f["newest_event_final"]["during"], f["newest_event_final"]["after"]
         click.echo(f"  of those lists then, made during the phase: {d['lists']:,} (p50 {d['p50_ms']} ms  p99 {d['p99_ms']} ms "
                    f"after the event); after it: {a['lists']:,} (p50 {a['p50_ms']} ms  p99 {a['p99_ms']} ms)")
+        click.echo(f"  {cores_line(f['cores_during_phase'])}")
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))

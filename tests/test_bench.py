@@ -52,3 +52,21 @@ def test_process_cpu_seconds_grow_with_work_and_unknown_pids_give_none():
     after = process_cpu_s(os.getpid())
     assert before is not None and 0.2 <= after - before <= 5.0
     assert process_cpu_s(2**31 - 1) is None  # no such process
+
+
+def test_cpu_split_gives_the_cores_each_process_used_and_the_machines_idle_ones():
+    import os
+    import time
+
+    from freshrec.bench import CpuSplit, cores_line
+
+    split = CpuSplit({"me": os.getpid(), "gone": 2**31 - 1, "unknown": None})
+    t_end = time.monotonic() + 0.4
+    while time.monotonic() < t_end:  # busy for the whole interval: about one core
+        pass
+    cores = split.cores()
+    assert set(cores) == {"me", "idle"}  # a pid that cannot be read, or none, is left out
+    assert 0.5 <= cores["me"] <= 1.5
+    assert 0.0 <= cores["idle"] <= os.cpu_count()
+    line = cores_line(cores)
+    assert line.startswith("CPU while the phase was produced, in cores: me ") and f"of {os.cpu_count()} idle" in line
