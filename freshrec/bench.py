@@ -13,7 +13,8 @@ All figures come from one run on the same topic, so ratios are meaningful on a n
    and, of the users active in the phase, the share whose list reflects their newest event once
    the worker caught up (with ``generated_at`` minus that event's ts), and how long after the
    phase 99% of them do: an overloaded worker makes fresh lists for a few users while the others
-   keep stale ones, which only the share shows.
+   keep stale ones, which only the share shows; and the cores each process (worker, producer,
+   local Kafka and Redis) used while the phase was produced, beside the machine's idle ones.
 """
 
 from __future__ import annotations
