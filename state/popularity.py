@@ -109,5 +109,21 @@ class ItemStats:
 
         return [(item, score) for score, item in heapq.nlargest(k, scored())]
 
+    def popularity_now(self, now_ms: int) -> dict[str, float]:
+        """Decayed popularity at ``now_ms`` of every item that has any, in one pass (trending
+        ranks the catalogue and then each category: one pass instead of one per list)."""
+        hl = self.half_life_ms
+        return {item: value_at(row["pop"], row["t0"], now_ms, hl) for item, row in self.rows.items() if row.get("pop")}
+
     def __len__(self) -> int:
         return len(self.rows)
+
+
+def top_of(scores: Mapping[str, float], k: int, keep: Callable[[str], bool] | None = None,
+           items: Iterable[str] | None = None) -> list[tuple[str, float]]:
+    """:meth:`ItemStats.top` over scores already computed (:meth:`ItemStats.popularity_now`):
+    the ``k`` best ``(item, score)``, optionally among ``items``, filtered by ``keep``."""
+    pairs = scores.items() if items is None else ((i, scores[i]) for i in items if i in scores)
+    if keep is not None:
+        pairs = ((i, v) for i, v in pairs if keep(i))
+    return [(item, score) for score, item in heapq.nlargest(k, ((v, i) for i, v in pairs))]

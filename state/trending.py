@@ -7,7 +7,7 @@ recommender and the publisher read a ready list.
 from __future__ import annotations
 
 from freshrec.state.catalogue import Catalogue
-from freshrec.state.popularity import ItemStats
+from freshrec.state.popularity import ItemStats, top_of
 
 
 class Trending:
@@ -27,10 +27,11 @@ class Trending:
             self.item_stats = item_stats
         deleted = self.catalogue.deleted
         keep = (lambda item: item not in deleted) if deleted else None
-        self.global_list = self.item_stats.top(self.k, now_ms, keep=keep)
+        scores = self.item_stats.popularity_now(now_ms)
+        self.global_list = top_of(scores, self.k, keep=keep)
         self.by_category = {
             cat: top
             for cat, items in self.catalogue.by_category.items()
-            if (top := self.item_stats.top(self.k, now_ms, items=items))
+            if (top := top_of(scores, self.k, items=items))
         }
         self.refreshed_at_ms = now_ms

@@ -24,3 +24,23 @@ def test_top_respects_filter_and_candidate_set():
         stats.add(item, {"click": i + 1}, 0)
     assert [i for i, _ in stats.top(2, 0, keep=lambda x: x != "d")] == ["c", "b"]
     assert [i for i, _ in stats.top(5, 0, items={"a", "b", "zz"})] == ["b", "a"]
+
+
+def test_top_of_precomputed_scores_is_top_exactly():
+    import random
+
+    from freshrec.state.popularity import top_of
+
+    rng = random.Random(4)
+    stats = ItemStats(half_life_ms=H)
+    for n in range(3000):  # ties included: many items share their counts and times
+        stats.add(f"i{rng.randrange(400)}", {rng.choice(["click", "conversion", "impression"]): 1}, rng.randrange(5) * 100)
+    now = 700
+    scores = stats.popularity_now(now)
+    assert len(scores) == sum(1 for row in stats.rows.values() if row.get("pop"))
+    subset = {f"i{j}" for j in range(0, 450, 3)}  # some never seen
+    keep = lambda item: not item.endswith("7")  # noqa: E731
+    for k in (1, 10, 50, 1000):
+        assert top_of(scores, k) == stats.top(k, now)
+        assert top_of(scores, k, keep=keep) == stats.top(k, now, keep=keep)
+        assert top_of(scores, k, items=subset) == stats.top(k, now, items=subset)
