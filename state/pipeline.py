@@ -529,7 +529,7 @@ class Pipeline:
         made = self.similar_made
         if len(made) > SIMILAR_MADE_MAX:
             self.similar_made = made = {i: t for i, t in made.items() if now - t < self.settings.similar_refresh_ms}
-        not_before = now - (0 if force else self.settings.similar_refresh_ms)
+        min_gap = 0 if force else self.settings.similar_refresh_ms
         done: list[str] = []
         for item in self.pending_similar:
             if self.catalogue.is_deleted(item):
@@ -537,7 +537,8 @@ class Pipeline:
                 made.pop(item, None)
                 updates.deletes.append(self.keys.similar(item))
                 continue
-            if made.get(item, not_before) > not_before:
+            last = made.get(item)
+            if last is not None and now - last < min_gap:  # made too recently: stays pending
                 continue
             done.append(item)
             made[item] = now
