@@ -179,17 +179,21 @@ ALL_LISTS_SHARE = 0.99  # "every active user has a fresh list": this share of th
 ALL_LISTS_LIMIT_S = 90.0  # measured from the end of a phase; longer is reported as not reached
 
 
+def _reflecting(newest_ts: Mapping[str, int], lists: Mapping[str, dict | None]) -> Iterator[tuple[int, int]]:
+    """``(generated_at, generated_at - newest ts)`` of each user's list that reflects his newest event."""
+    for user_id, ts in newest_ts.items():
+        doc = lists.get(user_id)
+        if doc is not None and doc["event_ts"] >= ts:
+            yield doc["generated_at"], doc["generated_at"] - ts
+
+
 def newest_event_freshness(newest_ts: Mapping[str, int], lists: Mapping[str, dict | None]) -> dict:
     """Of the users active in a phase (``newest_ts``: their newest event's ts), how many have a
     list (``lists``: their current one, decoded, or None) that reflects that event, and how long
     after it those lists were made (``generated_at - newest ts``). The per-list figures alone
     flatter an overloaded worker: lists made early in the phase, or for a few users only, are
     fresh, while most active users still show a list that misses their latest events."""
-    delays = []
-    for user_id, ts in newest_ts.items():
-        doc = lists.get(user_id)
-        if doc is not None and doc["event_ts"] >= ts:
-            delays.append(doc["generated_at"] - ts)
+    delays = [delay for _, delay in _reflecting(newest_ts, lists)]
     n = len(newest_ts)
     return {"active_users": n, "reflecting_newest": len(delays),
             "share": round(len(delays) / n, 4) if n else None,
@@ -205,10 +209,8 @@ def made_during_and_after(newest_ts: Mapping[str, int], lists: Mapping[str, dict
     depend on when the lists are read, these do not."""
     during: list[int] = []
     after: list[int] = []
-    for user_id, ts in newest_ts.items():
-        doc = lists.get(user_id)
-        if doc is not None and doc["event_ts"] >= ts:
-            (during if doc["generated_at"] <= ended_ms else after).append(doc["generated_at"] - ts)
+    for generated_at, delay in _reflecting(newest_ts, lists):
+        (during if generated_at <= ended_ms else after).append(delay)
     return {name: {"lists": len(d), "p50_ms": _percentile(d, 0.5), "p99_ms": _percentile(d, 0.99)}
             for name, d in (("during", during), ("after", after))}
 

@@ -8,7 +8,7 @@ ranking reads): :class:`ItemStats` holds the merged rows; partial rows add up to
 from __future__ import annotations
 
 import heapq
-from typing import Callable, Iterable, Iterator, Mapping, MutableMapping
+from typing import Callable, Iterable, Mapping, MutableMapping
 
 from freshrec.state.decay import add_scalar, growth, value_at
 
@@ -94,20 +94,7 @@ class ItemStats:
     def top(self, k: int, now_ms: int, keep: Callable[[str], bool] | None = None,
             items: Iterable[str] | None = None) -> list[tuple[str, float]]:
         """The ``k`` most popular items at ``now_ms`` (optionally among ``items``, filtered)."""
-        hl = self.half_life_ms
-        rows = self.rows
-        source = rows.keys() if items is None else items
-
-        def scored() -> Iterator[tuple[float, str]]:
-            for item in source:
-                row = rows.get(item)
-                if row is None or not row.get("pop"):
-                    continue
-                if keep is not None and not keep(item):
-                    continue
-                yield value_at(row["pop"], row["t0"], now_ms, hl), item
-
-        return [(item, score) for score, item in heapq.nlargest(k, scored())]
+        return top_of(self.popularity_now(now_ms), k, keep=keep, items=items)
 
     def popularity_now(self, now_ms: int) -> dict[str, float]:
         """Decayed popularity at ``now_ms`` of every item that has any, in one pass (trending

@@ -40,7 +40,12 @@ def test_top_of_precomputed_scores_is_top_exactly():
     assert len(scores) == sum(1 for row in stats.rows.values() if row.get("pop"))
     subset = {f"i{j}" for j in range(0, 450, 3)}  # some never seen
     keep = lambda item: not item.endswith("7")  # noqa: E731
+
+    def reference(candidates):  # the definition: best (score, item) first, from each item's own popularity
+        scored = [(stats.popularity(i, now), i) for i in candidates if stats.popularity(i, now) > 0]
+        return [(i, v) for v, i in sorted(scored, reverse=True)]
+
     for k in (1, 10, 50, 1000):
-        assert top_of(scores, k) == stats.top(k, now)
-        assert top_of(scores, k, keep=keep) == stats.top(k, now, keep=keep)
-        assert top_of(scores, k, items=subset) == stats.top(k, now, items=subset)
+        assert top_of(scores, k) == stats.top(k, now) == reference(stats.rows)[:k]
+        assert top_of(scores, k, keep=keep) == stats.top(k, now, keep=keep) == reference(filter(keep, stats.rows))[:k]
+        assert top_of(scores, k, items=subset) == stats.top(k, now, items=subset) == reference(subset)[:k]
