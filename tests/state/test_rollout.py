@@ -26,7 +26,7 @@ class Loop:
     def __init__(self, rollout=None, n_users=200, n_items=2000, seed=1):
         self.now = T0
         self.world = make_world(n_users=n_users, n_items=n_items, n_categories=10, seed=seed)
-        self.p = Pipeline(Settings(recompute_interval_ms=0, trending_interval_ms=500, index_refresh_ms=500,
+        self.p = Pipeline(Settings(recompute_interval_ms=0, recompute_budget_ms=0, trending_interval_ms=500, index_refresh_ms=500,
                                    click_window_s=30.0),
                           clock=lambda: self.now, rollout=rollout)
         self.users = ClosedLoopUsers(self.world, seed=seed)
