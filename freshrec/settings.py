@@ -77,6 +77,7 @@ class Settings:
     recompute_budget_ms: int = 100  # at most this long recomputing lists per flush (0: no limit)
     recompute_budget_behind_ms: int = 25  # the same while the worker is behind (catching up first)
     trending_interval_ms: int = 1000  # trending / similar lists refresh interval
+    covis_refresh_ms: int = 5000  # an item's normalised co-visitation neighbour list is re-made at most once per interval after its row changed
     similar_refresh_ms: int = 10_000  # an item's similar list is made at most once per interval (deletions at once)
     redis_prefix: str = "freshrec"
     recs_ttl_s: int = 7 * 86400  # TTL of published keys; 0 = no expiry

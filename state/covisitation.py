@@ -96,6 +96,8 @@ class CoVisitation:
         self.rows: dict[str, dict] = {}
         self._top: dict[str, list[tuple[str, float]]] = {}  # normalised top lists, cached
         self._stale: set[str] = set()  # items whose cached list is older than their row
+        self._made: dict[str, int] = {}  # item -> when its cached list was made (the last expire_cache's now_ms)
+        self._now_ms = 0
         self._maps: dict[str, tuple[int, dict[str, float]]] = {}  # neighbour_map cache: (n, {item: weight})
 
     def add(self, item: str, pairs: list[tuple[str, float]], ts: int) -> None:
@@ -121,24 +123,35 @@ class CoVisitation:
         merge_row(row, part, self.half_life_ms)
         self._top.pop(item, None)
         self._maps.pop(item, None)
+        self._made.pop(item, None)
 
     def reset_cache(self) -> None:
         """Drop every cached list (the rows were replaced wholesale)."""
         self._top.clear()
         self._maps.clear()
         self._stale.clear()
+        self._made.clear()
 
-    def expire_cache(self) -> None:
-        """Drop cached lists of items that changed since they were cached.
+    def expire_cache(self, now_ms: int = 0, min_age_ms: int = 0) -> None:
+        """Drop cached lists of items that changed since they were cached, among those cached at
+        least ``min_age_ms`` before ``now_ms`` (the others stay marked, for a later call).
 
         Called once per refresh interval: between calls, reads may use a list that is at most
-        one interval old, which keeps sorting off the per-event path (hot items change with
-        nearly every event).
+        one interval old (``min_age_ms`` more for a list made since), which keeps sorting off
+        the per-event path (hot items change with nearly every event).
         """
+        self._now_ms = now_ms
+        made = self._made
+        keep: set[str] = set()
         for item in self._stale:
+            when = made.get(item)
+            if when is not None and now_ms - when < min_age_ms:
+                keep.add(item)
+                continue
             self._top.pop(item, None)
             self._maps.pop(item, None)
-        self._stale.clear()
+            made.pop(item, None)
+        self._stale = keep
 
     def neighbours(self, item: str, n: int = 50) -> list[tuple[str, float]]:
         """Strongest ``n`` neighbours of ``item``, weights normalised to sum to 1 (cached, see
@@ -163,6 +176,7 @@ class CoVisitation:
         total = sum(w for _, w in top) or 1.0
         cached = [(k, w / total) for k, w in top]
         self._top[item] = cached
+        self._made[item] = self._now_ms
         self._maps.pop(item, None)  # made from the list this one replaces
         return cached
 

@@ -509,7 +509,7 @@ class Pipeline:
         self.last_trending_ms = now
         self.changed_since_trending = False
         stream_now = self.features.stream_time_ms
-        self.features.covis.expire_cache()
+        self.features.covis.expire_cache(now, 0 if force else self.settings.covis_refresh_ms)
         self.trending.refresh(stream_now, self.features.item_stats)
         for name, n in self.recommender.refresh(now, stream_now).items():
             self.counters[name] += n

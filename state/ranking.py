@@ -450,10 +450,10 @@ class LearningRecommender:
         self.click_sample = 1.0
         self.behind = False  # the pipeline sets it with click_sample: re-index fewer items per refresh
         self.unsampled: OrderedDict[str, None] = OrderedDict()  # request ids left out of the sample
-        # user -> (candidate ids, sampled candidate ids, MF and co-visitation scores of all
-        # candidates, sorted when used) of the last published list; the negatives are featurised
-        # when learned (checkpoints before session 13 hold a frozenset of ids and sorted scores)
-        self.published: OrderedDict[str, tuple[Collection[str], list[str], tuple]] = OrderedDict()
+        # user -> (candidate codes, sampled candidate codes, MF and co-visitation scores of all
+        # candidates, sorted when used) of the last published list, in this table's codes (ids
+        # in checkpoints, see to_state); the negatives are featurised when learned
+        self.published: OrderedDict[str, tuple[np.ndarray, np.ndarray, tuple]] = OrderedDict()
         self.fresh: OrderedDict[str, int] = OrderedDict()  # item -> upsert event time, newest last
         self.rng = np.random.default_rng(s.seed)
         # exploration's Thompson draws on a stream of their own, so that a batch of lists draws
@@ -638,8 +638,9 @@ class LearningRecommender:
         shown = self.published.get(user)
         if shown is None:
             return
-        candidates, items, reference = shown  # the candidates' ids, a sample of them, their scores
-        if item not in candidates:
+        candidates, sampled, reference = shown  # the candidates' codes, a sample of them, their scores
+        code = self.table.code.get(item)
+        if code is None or not (candidates == code).any():
             # learning a positive the first stage did not retrieve would teach the ranker that
             # low feature values mean engagement (measured: the weights turn negative)
             self.counters["positives_not_retrieved"] += 1
@@ -649,6 +650,7 @@ class LearningRecommender:
         # were positives (a ratings session rates many of them before the next list), and serving
         # never ranks seen items anyway
         seen = user_row["seen"] if user_row and not user_row.get("deleted") else {}
+        items = self.table.ids[sampled].tolist()
         negatives = [p for p, i in enumerate(items) if i != item and i not in seen]
         n_neg = self.settings.click_negatives
         if len(negatives) > n_neg:
@@ -742,9 +744,11 @@ class LearningRecommender:
         self._mf_labels = LabelCodes()
         self._content_labels = LabelCodes()
 
-    def context(self, user_id: str, user_row: dict | None, only: Sequence[str] | None = None) -> UserContext:
+    def context(self, user_id: str, user_row: dict | None, only: Sequence[str] | None = None,
+                scored: bool = True) -> UserContext:
         """The user's context for ranking; ``only``: the items it will featurise, when known (a
-        slate to learn from), so that co-visitation is scored for those items alone."""
+        slate to learn from), so that co-visitation is scored for those items alone; ``scored``
+        False: without the co-visitation scores of a list (:meth:`contexts` adds them)."""
         t = self.table
         recent = recent_items(user_row, RECENT_N)
         seen = user_row["seen"] if user_row and not user_row.get("deleted") else {}
@@ -767,7 +771,18 @@ class LearningRecommender:
         if only is not None:  # a slate: a few items looked up in the recent items' neighbour maps
             return UserContext(user_id, seen, recent, covis_scores_of(self.covis, recent, NEIGHBOURS_N, only),
                                categories, profile, recent_q)
-        return UserContext(user_id, seen, recent, {}, categories, profile, recent_q, self._covis_scores(recent))
+        ctx = UserContext(user_id, seen, recent, {}, categories, profile, recent_q)
+        if scored:
+            ctx.covis_scores = self._covis_scores_many([recent])[0]
+        return ctx
+
+    def contexts(self, users: Sequence[tuple[str, dict | None]]) -> list[UserContext]:
+        """:meth:`context` of each ``(user_id, user_row)`` (a list's context), with the
+        co-visitation scores of all of them computed in one pass (:meth:`_covis_scores_many`)."""
+        ctxs = [self.context(user_id, row, scored=False) for user_id, row in users]
+        for ctx, scores in zip(ctxs, self._covis_scores_many([ctx.recent for ctx in ctxs])):
+            ctx.covis_scores = scores
+        return ctxs
 
     def _neighbour_arrays(self, item: str) -> tuple[np.ndarray, np.ndarray]:
         """Codes and normalised weights of ``item``'s strongest co-visitation neighbours, kept
@@ -782,23 +797,39 @@ class LearningRecommender:
         self._neighbours_cache[item] = (cached, codes, weights)
         return codes, weights
 
-    def _covis_scores(self, recent: list[str]) -> CovisScores | None:
-        """:func:`~freshrec.state.recommender.covis_scores` of the recent items on arrays, with exactly its sums: ``bincount``
-        adds each code's terms in the order the dict loop does. A dict merge of 20 recent items'
-        50 neighbours and its sort were ~340 µs of a ~1.7 ms list after 200k synthetic events;
-        this takes ~180 µs (the per-item arrays are cached)."""
-        codes, values = [], []
-        for rank, item in enumerate(recent):
-            c, w = self._neighbour_arrays(item)
-            if len(c):
-                codes.append(c)
-                values.append(w * RECENT_WEIGHTS[rank])
+    def _covis_scores_many(self, recents: Sequence[list[str]]) -> list[CovisScores | None]:
+        """Per user (``recents``: each user's recent items), :func:`~freshrec.state.recommender.covis_scores`
+        of his recent items on arrays, with exactly its sums: ``bincount`` adds each code's terms
+        in the order the dict loop does. Every user's terms go through one ``unique``, one
+        ``bincount`` and one ``lexsort``, keyed by (user, code): per user, those calls and the
+        weighting of each recent item's array were ~60 µs of a ~0.8 ms list caught up at 5k
+        events/s (the per-item arrays are cached, see :meth:`_neighbour_arrays`)."""
+        out: list[CovisScores | None] = [None] * len(recents)
+        codes, weights, owners, ranks = [], [], [], []
+        for u, recent in enumerate(recents):
+            for rank, item in enumerate(recent):
+                c, w = self._neighbour_arrays(item)
+                if len(c):
+                    codes.append(c)
+                    weights.append(w)
+                    owners.append(u)
+                    ranks.append(rank)
         if not codes:
-            return None
-        all_codes = np.concatenate(codes)
-        uniq, first, inverse = np.unique(all_codes, return_index=True, return_inverse=True)
-        sums = np.bincount(inverse, weights=np.concatenate(values), minlength=len(uniq))
-        return CovisScores(uniq, sums, uniq[np.lexsort((first, -sums))[: 2 * NEIGHBOURS_N]])
+            return out
+        lengths = np.fromiter(map(len, codes), dtype=np.intp, count=len(codes))
+        span = np.int64(len(self.table) + 1)  # after _neighbour_arrays, which may grow the table
+        owner = np.repeat(np.asarray(owners, dtype=np.int64), lengths)
+        values = np.concatenate(weights) * np.repeat(RECENT_WEIGHTS[ranks], lengths)
+        keys, first, inverse = np.unique(owner * span + np.concatenate(codes), return_index=True, return_inverse=True)
+        sums = np.bincount(inverse, weights=values, minlength=len(keys))
+        key_owner = keys // span  # sorted, as the keys
+        item_codes = keys - key_owner * span
+        order = np.lexsort((first, -sums, key_owner))  # per user: strongest first, ties in first-met order
+        bounds = np.searchsorted(key_owner, np.arange(len(recents) + 1)).tolist()
+        for u in dict.fromkeys(owners):
+            lo, hi = bounds[u], bounds[u + 1]
+            out[u] = CovisScores(item_codes[lo:hi], sums[lo:hi], item_codes[order[lo:min(hi, lo + 2 * NEIGHBOURS_N)]])
+        return out
 
     def _fill_item_features(self, codes: np.ndarray) -> None:
         """Compute the item-level features of the codes whose values are not valid: (ctr logit,
@@ -994,6 +1025,8 @@ class LearningRecommender:
         the ranker then had to beat (MIND sample, 62% of the tests such users: HitRate@10 0.155
         with them, 0.213 without, half-life 1 h; MovieLens 100K 0.2012 and 0.2009, noise)."""
         s, t = self.settings, self.table
+        if not ctxs:
+            return []
         seen = [t.codes(ctx.seen) for ctx in ctxs]
         engaged = [r for r, ctx in enumerate(ctxs) if ctx.recent]
         users = [np.zeros(0, dtype=np.int64)] * len(ctxs)
@@ -1008,17 +1041,27 @@ class LearningRecommender:
         content = self._knn_rows(self.content.index, self._content_labels, s.content_candidates, ctxs, seen,
                                  lambda c: c.profile)
         shared = self._shared_candidates()
-        out = []
+        # every user's sources one after the other, deduplicated and filtered in one pass keyed
+        # by (user, code): per user, the first occurrence of each code, in the sources' order
+        m, none = len(ctxs), np.zeros(0, dtype=np.int64)
+        parts = []
         for r, ctx in enumerate(ctxs):
-            top = ctx.covis_scores.top if ctx.covis_scores is not None else np.zeros(0, dtype=np.int64)
-            codes = np.concatenate([top, users[r], near[r], content[r], shared])
-            _, first = np.unique(codes, return_index=True)
-            codes = codes[np.sort(first)]
-            drop = t.deleted[codes]
-            if len(seen[r]):
-                drop |= t.marked(codes, seen[r])
-            out.append(codes[~drop])
-        return out
+            parts += (ctx.covis_scores.top if ctx.covis_scores is not None else none, users[r], near[r], content[r], shared)
+        lengths = np.fromiter(map(len, parts), dtype=np.intp, count=len(parts)).reshape(m, 5).sum(axis=1)
+        span = np.int64(len(t) + 1)
+        owner = np.repeat(np.arange(m, dtype=np.int64), lengths)
+        codes = np.concatenate(parts)
+        _, first = np.unique(owner * span + codes, return_index=True)
+        first.sort()
+        codes, owner = codes[first], owner[first]
+        keep = ~t.deleted[codes]
+        n_seen = [len(s) for s in seen]
+        if any(n_seen):
+            seen_keys = np.repeat(np.arange(m, dtype=np.int64), n_seen) * span + np.concatenate(seen)
+            keep &= ~np.isin(owner * span + codes, seen_keys, kind="table")
+        codes, owner = codes[keep], owner[keep]
+        bounds = np.searchsorted(owner, np.arange(m + 1)).tolist()
+        return [codes[bounds[r]:bounds[r + 1]] for r in range(m)]
 
     def _knn_rows(self, index: ItemIndex, labels: LabelCodes, k: int, ctxs: Sequence[UserContext],
                   seen: list[np.ndarray], query: Callable[[UserContext], np.ndarray | None]) -> list[np.ndarray]:
@@ -1127,7 +1170,7 @@ class LearningRecommender:
         click model and the second stage batched."""
         if self._explore_stale:
             self._refresh_explore_pool()
-        ctxs = [self.context(user_id, row) for user_id, row in users]
+        ctxs = self.contexts(users)
         cands = self._candidates_many(ctxs)
         s, t, mf = self.settings, self.table, self.mf
         out: list[list[tuple[str, float]]] = [[] for _ in ctxs]
@@ -1222,19 +1265,20 @@ class LearningRecommender:
     def _remember(self, slates: Sequence[Slate], X: np.ndarray, codes: np.ndarray, cand: np.ndarray,
                   owner: np.ndarray, samples: list[np.ndarray]) -> None:
         """Each slate's candidates (rows ``cand`` of ``X``) as its user's last published list:
-        their ids, the sampled ones (negatives for the click model's next positive of the user),
-        and their MF and co-visitation scores (what those negatives' rank features refer to,
-        sorted by :meth:`_learn_against_published` when it uses them: few lists are learned from)."""
-        ids = self.table.ids[codes[cand]].tolist()
+        their codes, the sampled ones (negatives for the click model's next positive of the
+        user), and their MF and co-visitation scores (what those negatives' rank features refer
+        to, sorted by :meth:`_learn_against_published` when it uses them: few lists are learned
+        from, so their ids are looked up then, not for every list)."""
+        cand_codes = codes[cand]
         mf_scores = X[cand, COL["mf"]].astype(np.float32)
         covis = X[cand, COL["covis"]].astype(np.float32)
         published = self.published
         pos = 0
         for sl, sample in zip(slates, samples):
             n = sl.n_reference
-            cids = ids[pos:pos + n]
+            ccodes = cand_codes[pos:pos + n].copy()
             user = sl.ctx.user_id
-            published[user] = (cids, [cids[p] for p in sample.tolist()],
+            published[user] = (ccodes, ccodes[sample],
                                (mf_scores[pos:pos + n].copy(), covis[pos:pos + n].copy()))
             published.move_to_end(user)
             pos += n
@@ -1281,8 +1325,11 @@ class LearningRecommender:
     def to_state(self) -> dict:
         """Everything but the hnswlib graph (saved beside, see :meth:`save_index`)."""
         self._featurise_pending()
+        ids = self.table.ids
         return {"mf": self.mf.to_state(), "content": self.content.to_state(), "clicks": self.clicks,
-                "pending": self.pending, "published": self.published, "fresh": self.fresh,
+                "pending": self.pending, "fresh": self.fresh,
+                "published": {u: (ids[c].tolist(), ids[sample].tolist(), ref)  # ids: a loaded checkpoint starts a new table
+                              for u, (c, sample, ref) in self.published.items()},
                 "rng": self.rng.bit_generator.state, "explore_rng": self.explore_rng.bit_generator.state,
                 "counters": dict(self.counters),
                 "last_index_refresh_ms": self.last_index_refresh_ms}
@@ -1293,8 +1340,10 @@ class LearningRecommender:
         self._new_table()
         self.clicks = state["clicks"]
         self.pending = state["pending"]
-        # checkpoints before the negatives were featurised at learning time held their rows too
-        self.published = OrderedDict((u, (v[0], v[1], v[-1])) for u, v in state["published"].items())
+        # checkpoints before the negatives were featurised at learning time held their rows too,
+        # and before session 13 a frozenset of the candidates' ids
+        codes = self.table.codes
+        self.published = OrderedDict((u, (codes(v[0]), codes(v[1]), v[-1])) for u, v in state["published"].items())
         self.fresh = state["fresh"]
         self.rng.bit_generator.state = state["rng"]
         if "explore_rng" in state:  # checkpoints before it drew exploration from ``rng``

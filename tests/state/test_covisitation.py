@@ -20,6 +20,25 @@ def test_neighbours_are_normalised_and_cache_invalidates_on_update():
     assert [k for k, _ in cv.neighbours("a")] == ["c", "b"]
 
 
+def test_a_changed_items_list_is_made_again_once_it_is_min_age_old():
+    cv = CoVisitation(half_life_ms=1e12, max_neighbors=10)
+    cv.expire_cache(now_ms=1_000, min_age_ms=5_000)  # the clock of the lists made next
+    cv.add("a", [("b", 3.0), ("c", 1.0)], 0)
+    cv.add("z", [("b", 1.0)], 0)
+    first = cv.top_list("a")
+    cv.top_list("z")
+    cv.add("a", [("c", 4.0)], 0)
+    cv.add("z", [("c", 4.0)], 0)
+    cv.expire_cache(now_ms=5_999, min_age_ms=5_000)  # made 4,999 ms ago: kept, still marked
+    assert cv.top_list("a") is first
+    cv.expire_cache(now_ms=6_000, min_age_ms=5_000)
+    assert [k for k, _ in cv.neighbours("a")] == ["c", "b"] and cv.top_list("a") is not first
+    assert [k for k, _ in cv.neighbours("z")] == ["c", "b"]
+    again = cv.top_list("a")  # made at 6,000: not changed since, so kept whatever its age
+    cv.expire_cache(now_ms=60_000, min_age_ms=5_000)
+    assert cv.top_list("a") is again
+
+
 def test_rows_are_pruned_to_the_strongest_neighbours():
     cv = CoVisitation(half_life_ms=1e12, max_neighbors=4)
     for i in range(10):

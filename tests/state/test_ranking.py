@@ -216,7 +216,7 @@ def test_publish_many_gives_the_lists_and_remembers_what_publish_one_does(filter
     a, b = feed.p.recommender.published, twin.recommender.published
     assert list(a) == list(b) and set(users) - {"newcomer"} <= set(a)
     for u in a:  # candidates, sampled negatives and the rank references
-        assert a[u][0] == b[u][0] and a[u][1] == b[u][1]
+        assert np.array_equal(a[u][0], b[u][0]) and np.array_equal(a[u][1], b[u][1])
         assert all(np.array_equal(x, y) for x, y in zip(a[u][2], b[u][2]))
     assert twin.recommender.publish_many([], 10) == []
 
@@ -362,7 +362,7 @@ def test_a_positive_without_impression_is_not_learned_against_candidates_the_use
     feed, _ = _twins(explore_share=0.0, click_negatives=64)
     rec = feed.p.recommender
     rec.publish_many([("u0", feed.p.features.user("u0"))], 10)
-    sample = rec.published["u0"][1]
+    sample = rec.table.ids[rec.published["u0"][1]].tolist()  # kept as codes, looked up when used
     assert len(sample) >= 3
     first, second = sample[0], sample[1]
     feed.send("click", user_id="u0", item_id=first)  # a positive of the same session, before the next list
@@ -444,6 +444,14 @@ def test_list_contexts_score_co_visitation_on_arrays_exactly_as_the_dict_merge_d
         assert got.lookup(probe).tolist() == [expected.get(i, 0.0) for i in rec.table.ids[probe].tolist()]
         checked += 1
     assert checked > 30
+    users = [(f"u{u}", feed.p.features.user(f"u{u}")) for u in range(40)] + [("nobody", None), ("tc", None)]
+    for (user_id, row), ctx in zip(users, rec.contexts(users)):  # a chunk's in one pass: each user's own
+        one = rec.context(user_id, row).covis_scores
+        got = ctx.covis_scores
+        assert (got is None) == (one is None)
+        if one is not None:
+            assert (got.codes.tolist(), got.values.tolist(), got.top.tolist()) == \
+                (one.codes.tolist(), one.values.tolist(), one.top.tolist())
     feed.send("click", user_id="u0", item_id="i1")  # rows change; once the cache expires, new arrays
     feed.p.features.covis.expire_cache()
     ctx = rec.context("u0", feed.p.features.user("u0"))
@@ -545,8 +553,8 @@ def test_a_checkpoint_from_before_the_exploration_stream_and_unsorted_references
     assert rec.publish_many([(u, feed.p.features.user(u)) for u in users[:3]], 10)[0]
     learned = rec.clicks.n_learned
     user = users[5]
-    candidates = rec.published[user][0]
-    assert isinstance(candidates, frozenset)  # still the old checkpoint's entry
+    candidates = rec.table.ids[rec.published[user][0]].tolist()  # still the old checkpoint's entry, as codes
+    assert set(candidates) == set(state["published"][user][0])
     item = sorted(candidates)[0]  # candidates exclude the items seen when the list was made
     feed.send("click", user_id=user, item_id=item)
     assert rec.clicks.n_learned > learned
