@@ -133,6 +133,14 @@ def _sorted_lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> n
     return np.where(keys[pos] == query, values[pos], 0.0)
 
 
+def _member(query: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Boolean mask: which of ``query`` are among the non-empty ``values`` (one sort of the
+    values, a binary search per query: a batch's seen items are few next to its candidates,
+    where ``np.isin``'s lookup table spans every (user, code) key of the batch)."""
+    v = np.sort(values)
+    return v[np.minimum(np.searchsorted(v, query), len(v) - 1)] == query
+
+
 def _rank_within(values: np.ndarray, owner: np.ndarray, n_ref: np.ndarray, is_ref: np.ndarray) -> np.ndarray:
     """For each row, the share of its group's reference rows (``is_ref``; ``n_ref`` per group)
     whose value is strictly below its own: ``np.searchsorted(np.sort(ref), v, "left") /
@@ -1058,7 +1066,7 @@ class LearningRecommender:
         n_seen = [len(s) for s in seen]
         if any(n_seen):
             seen_keys = np.repeat(np.arange(m, dtype=np.int64), n_seen) * span + np.concatenate(seen)
-            keep &= ~np.isin(owner * span + codes, seen_keys, kind="table")
+            keep &= ~_member(owner * span + codes, seen_keys)
         codes, owner = codes[keep], owner[keep]
         bounds = np.searchsorted(owner, np.arange(m + 1)).tolist()
         return [codes[bounds[r]:bounds[r + 1]] for r in range(m)]

@@ -558,3 +558,13 @@ def test_a_checkpoint_from_before_the_exploration_stream_and_unsorted_references
     item = sorted(candidates)[0]  # candidates exclude the items seen when the list was made
     feed.send("click", user_id=user, item_id=item)
     assert rec.clicks.n_learned > learned
+
+
+def test_member_is_isin():
+    from freshrec.state.ranking import _member
+
+    rng = np.random.default_rng(5)
+    for n_values in (1, 3, 50):
+        values = rng.integers(-5, 100, n_values)
+        query = rng.integers(-10, 110, (7, 9))
+        assert np.array_equal(_member(query, values), np.isin(query, values))
