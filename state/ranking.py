@@ -127,18 +127,24 @@ class CovisScores:
         return _sorted_lookup(self.codes, self.values, codes)
 
 
+def _search(keys: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``query``, its position among the sorted, non-empty ``keys`` (clipped to the
+    last) and whether it is there."""
+    pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+    return pos, keys[pos] == query
+
+
 def _sorted_lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
     """The value of each of ``query`` among the sorted, non-empty ``keys`` (0.0 where absent)."""
-    pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
-    return np.where(keys[pos] == query, values[pos], 0.0)
+    pos, found = _search(keys, query)
+    return np.where(found, values[pos], 0.0)
 
 
 def _member(query: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Boolean mask: which of ``query`` are among the non-empty ``values`` (one sort of the
     values, a binary search per query: a batch's seen items are few next to its candidates,
     where ``np.isin``'s lookup table spans every (user, code) key of the batch)."""
-    v = np.sort(values)
-    return v[np.minimum(np.searchsorted(v, query), len(v) - 1)] == query
+    return _search(np.sort(values), query)[1]
 
 
 def _rank_within(values: np.ndarray, owner: np.ndarray, n_ref: np.ndarray, is_ref: np.ndarray) -> np.ndarray:
