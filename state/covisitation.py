@@ -15,6 +15,7 @@ from typing import Mapping, MutableMapping, Sequence
 from freshrec.state.decay import REBASE_EXPONENT, growth, rebase
 
 
+DROP_LOG_MAX = 1 << 16  # entries of the drop log (CoVisitation.drops_since) before its older half goes
 SORT_BELOW = 1500  # below this many entries a full sort beats heapq.nlargest (measured: 3-4x at 60-300)
 
 
@@ -99,6 +100,10 @@ class CoVisitation:
         self._made: dict[str, int] = {}  # item -> when its cached list was made (the last expire_cache's now_ms)
         self._now_ms = 0
         self._maps: dict[str, tuple[int, dict[str, float]]] = {}  # neighbour_map cache: (n, {item: weight})
+        # items whose cached list was dropped or replaced, in order: caches derived from the
+        # lists (ranking's NeighbourRows) read what changed here instead of asking per item
+        self._drops: list[str] = []
+        self._drops_base = 0  # log position of _drops[0] (the log's head is trimmed)
 
     def add(self, item: str, pairs: list[tuple[str, float]], ts: int) -> None:
         """Add one event's ``(neighbour, weight)`` pairs to ``item``'s row."""
@@ -121,9 +126,34 @@ class CoVisitation:
         if row is None:
             row = self.rows[item] = new_covis_row()
         merge_row(row, part, self.half_life_ms)
-        self._top.pop(item, None)
+        self._drop(item)
+
+    def _drop(self, item: str) -> None:
+        """Forget ``item``'s cached list (logged when there was one, see :meth:`drops_since`)."""
+        if self._top.pop(item, None) is not None:
+            self._log_drop(item)
         self._maps.pop(item, None)
         self._made.pop(item, None)
+
+    def _log_drop(self, item: str) -> None:
+        drops = self._drops
+        drops.append(item)
+        if len(drops) > DROP_LOG_MAX:  # readers this far behind start over (drops_since: None)
+            half = len(drops) // 2
+            del drops[:half]
+            self._drops_base += half
+
+    def drops_since(self, position: int) -> tuple[list[str] | None, int]:
+        """The items whose cached list was dropped or replaced since ``position`` of the drop
+        log, and the log's position now: a derived cache reads it to know which of its entries
+        to remake. None instead of the items when the log no longer reaches back that far
+        (trimmed, or :meth:`reset_cache`): every entry may have changed. Position 0 is the
+        start; a list cached when it was first asked for after its row got entries is not a
+        drop (the row had no list to replace)."""
+        end = self._drops_base + len(self._drops)
+        if position < self._drops_base:
+            return None, end
+        return self._drops[position - self._drops_base:], end
 
     def reset_cache(self) -> None:
         """Drop every cached list (the rows were replaced wholesale)."""
@@ -131,6 +161,8 @@ class CoVisitation:
         self._maps.clear()
         self._stale.clear()
         self._made.clear()
+        self._drops_base += len(self._drops) + 1  # every reader starts over
+        self._drops = []
 
     def expire_cache(self, now_ms: int = 0, min_age_ms: int = 0) -> None:
         """Drop cached lists of items that changed since they were cached, among those cached at
@@ -148,9 +180,7 @@ class CoVisitation:
             if when is not None and now_ms - when < min_age_ms:
                 keep.add(item)
                 continue
-            self._top.pop(item, None)
-            self._maps.pop(item, None)
-            made.pop(item, None)
+            self._drop(item)
         self._stale = keep
 
     def neighbours(self, item: str, n: int = 50) -> list[tuple[str, float]]:
@@ -174,6 +204,8 @@ class CoVisitation:
             return []
         top = strongest(row["n"], max(n, 50))
         total = sum(w for _, w in top) or 1.0
+        if cached is not None:  # a short list the row has outgrown: replaced
+            self._log_drop(item)
         cached = [(k, w / total) for k, w in top]
         self._top[item] = cached
         self._made[item] = self._now_ms

@@ -110,6 +110,7 @@ class UserContext:
     profile: np.ndarray | None  # content profile
     recent_q: np.ndarray | None  # weighted mean MF vector of the recent items
     covis_scores: CovisScores | None = None  # a list's context: the same scores as codes and arrays
+    recent_codes: np.ndarray | None = None  # a list's context: the recent items' codes
 
 
 @dataclass
@@ -386,6 +387,77 @@ class LabelCodes:
         out = self._codes[np.maximum(labels, 0)]
         out[labels < 0] = -1
         return out
+
+
+class NeighbourRows:
+    """Per :class:`ItemTable` code, its item's strongest ``n`` co-visitation neighbours (codes)
+    and their normalised weights, as rows of two arrays: a batch of lists gathers the rows of
+    every user's recent items with one indexing instead of a cache lookup per recent item (~6
+    per user, ~20 µs of a list's ~700, README session 16).
+
+    A row is the cached list :meth:`~freshrec.state.covisitation.CoVisitation.top_list` returns
+    (the same entries, in its order), kept while the co-visitation cache keeps that list: its drop
+    log (``drops_since``) names the rows to make again. A short row (fewer than ``n``
+    neighbours) is checked against the cache at each read: the cache replaces a short list when
+    its item's row grows. A different co-visitation object, or a log that no longer reaches
+    back, makes every row again. Derived state only, in the codes of one table.
+    """
+
+    def __init__(self, table: ItemTable, n: int) -> None:
+        self.table, self.n = table, n
+        self._covis: object | None = None
+        self._position = 0  # in the co-visitation drop log
+        self.codes = np.zeros((0, n), dtype=np.int64)
+        self.weights = np.zeros((0, n), dtype=np.float64)
+        self.lengths = np.zeros(0, dtype=np.int64)  # -1: no row (made when read)
+        self._short: dict[int, list] = {}  # code -> the cached list a short row was made from
+
+    def _sync(self, covis) -> None:
+        """Forget the rows whose cached list changed since the last read; grow with the table."""
+        if len(self.lengths) < len(self.table.ids):
+            cap = len(self.table.ids)
+            for name, fill in (("codes", 0), ("weights", 0.0), ("lengths", -1)):
+                old = getattr(self, name)
+                new = np.full((cap,) + old.shape[1:], fill, dtype=old.dtype)
+                new[: len(old)] = old
+                setattr(self, name, new)
+        items, self._position = covis.drops_since(self._position) if covis is self._covis else (None, 0)
+        if items is None:  # everything may have changed
+            self._covis = covis
+            _, self._position = covis.drops_since(0)
+            self.lengths[:] = -1
+            self._short.clear()
+        elif items:
+            get = self.table.code.get
+            codes = [c for c in map(get, items) if c is not None]
+            if codes:
+                self.lengths[codes] = -1
+
+    def gather(self, covis, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The rows of ``codes`` one after the other: ``(neighbour codes, weights, row lengths)``,
+        the first two flat, each row in the cached list's order."""
+        self._sync(covis)
+        lengths = self.lengths[codes]
+        check = np.flatnonzero(lengths < self.n)
+        if len(check):
+            short, ids, table = self._short, self.table.ids, self.table
+            for code in np.unique(codes[check]).tolist():
+                cached = covis.top_list(ids[code], self.n)
+                if self.lengths[code] >= 0 and short.get(code) is cached:
+                    continue
+                top = cached[: self.n]
+                m = len(top)
+                if m:
+                    self.codes[code, :m] = table.codes([i for i, _ in top])
+                    self.weights[code, :m] = [w for _, w in top]
+                self.lengths[code] = m
+                if m < self.n:
+                    short[code] = cached
+                else:
+                    short.pop(code, None)
+            lengths = self.lengths[codes]
+        take = np.arange(self.n) < lengths[:, None]
+        return self.codes[codes][take], self.weights[codes][take], lengths
 
 
 def _top_k_rows(values: np.ndarray, owner: np.ndarray, local: np.ndarray, m: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -754,7 +826,7 @@ class LearningRecommender:
     def _new_table(self) -> None:
         """A new (empty) item table and the label maps that use its codes."""
         self.table = ItemTable(self.content.dim, self._describe_item)
-        self._neighbours_cache: dict[str, tuple[list, np.ndarray, np.ndarray]] = {}  # codes of this table
+        self._neighbours = NeighbourRows(self.table, NEIGHBOURS_N)
         self._mf_labels = LabelCodes()
         self._content_labels = LabelCodes()
 
@@ -774,8 +846,9 @@ class LearningRecommender:
             counts[0] = 0.0  # no category
             categories = counts / len(history)
         profile = recent_q = None
+        recent_codes = t.codes(recent)
         if recent:
-            codes = t.codes(recent)
+            codes = recent_codes
             weights = RECENT_WEIGHTS[: len(recent)]
             prof = RECENT_WEIGHTS32[: len(recent)] @ t.content[codes]
             norm = float(np.linalg.norm(prof))
@@ -785,62 +858,47 @@ class LearningRecommender:
         if only is not None:  # a slate: a few items looked up in the recent items' neighbour maps
             return UserContext(user_id, seen, recent, covis_scores_of(self.covis, recent, NEIGHBOURS_N, only),
                                categories, profile, recent_q)
-        ctx = UserContext(user_id, seen, recent, {}, categories, profile, recent_q)
+        ctx = UserContext(user_id, seen, recent, {}, categories, profile, recent_q, recent_codes=recent_codes)
         if scored:
-            ctx.covis_scores = self._covis_scores_many([recent])[0]
+            ctx.covis_scores = self._covis_scores_many([recent_codes])[0]
         return ctx
 
     def contexts(self, users: Sequence[tuple[str, dict | None]]) -> list[UserContext]:
         """:meth:`context` of each ``(user_id, user_row)`` (a list's context), with the
         co-visitation scores of all of them computed in one pass (:meth:`_covis_scores_many`)."""
         ctxs = [self.context(user_id, row, scored=False) for user_id, row in users]
-        for ctx, scores in zip(ctxs, self._covis_scores_many([ctx.recent for ctx in ctxs])):
+        for ctx, scores in zip(ctxs, self._covis_scores_many([ctx.recent_codes for ctx in ctxs])):
             ctx.covis_scores = scores
         return ctxs
 
-    def _neighbour_arrays(self, item: str) -> tuple[np.ndarray, np.ndarray]:
-        """Codes and normalised weights of ``item``'s strongest co-visitation neighbours, kept
-        while the co-visitation cache holds the same list (its identity, see ``top_list``)."""
-        cached = self.covis.top_list(item, NEIGHBOURS_N)
-        hit = self._neighbours_cache.get(item)
-        if hit is not None and hit[0] is cached:
-            return hit[1], hit[2]
-        top = cached[:NEIGHBOURS_N]
-        codes = self.table.codes([i for i, _ in top])
-        weights = np.fromiter((w for _, w in top), dtype=np.float64, count=len(top))
-        self._neighbours_cache[item] = (cached, codes, weights)
-        return codes, weights
-
-    def _covis_scores_many(self, recents: Sequence[list[str]]) -> list[CovisScores | None]:
-        """Per user (``recents``: each user's recent items), :func:`~freshrec.state.recommender.covis_scores`
+    def _covis_scores_many(self, recents: Sequence[np.ndarray]) -> list[CovisScores | None]:
+        """Per user (``recents``: the codes of each user's recent items), :func:`~freshrec.state.recommender.covis_scores`
         of his recent items on arrays, with exactly its sums: ``bincount`` adds each code's terms
         in the order the dict loop does. Every user's terms go through one ``unique``, one
         ``bincount`` and one ``lexsort``, keyed by (user, code), instead of those calls and the
         weighting of each recent item's array per user: 2.5% fewer instructions per list
-        (README, session 15; the per-item arrays are cached, see :meth:`_neighbour_arrays`)."""
+        (README, session 15); the recent items' neighbour rows are gathered in one indexing
+        (:class:`NeighbourRows`, session 16)."""
         out: list[CovisScores | None] = [None] * len(recents)
-        codes, weights, owners, ranks = [], [], [], []
-        for u, recent in enumerate(recents):
-            for rank, item in enumerate(recent):
-                c, w = self._neighbour_arrays(item)
-                if len(c):
-                    codes.append(c)
-                    weights.append(w)
-                    owners.append(u)
-                    ranks.append(rank)
-        if not codes:
+        n_recent = np.fromiter(map(len, recents), dtype=np.intp, count=len(recents))
+        if not n_recent.sum():
             return out
-        lengths = np.fromiter(map(len, codes), dtype=np.intp, count=len(codes))
-        span = np.int64(len(self.table) + 1)  # after _neighbour_arrays, which may grow the table
-        owner = np.repeat(np.asarray(owners, dtype=np.int64), lengths)
-        values = np.concatenate(weights) * np.repeat(RECENT_WEIGHTS[ranks], lengths)
-        keys, first, inverse = np.unique(owner * span + np.concatenate(codes), return_index=True, return_inverse=True)
+        recent = np.concatenate(recents)
+        neighbours, weights, lengths = self._neighbours.gather(self.covis, recent)
+        if not len(neighbours):
+            return out
+        span = np.int64(len(self.table) + 1)  # after gather, which may grow the table
+        term_owner = np.repeat(np.arange(len(recents), dtype=np.int64), n_recent)
+        ranks = np.arange(len(recent)) - np.repeat(np.cumsum(n_recent) - n_recent, n_recent)
+        owner = np.repeat(term_owner, lengths)
+        values = weights * np.repeat(RECENT_WEIGHTS[ranks], lengths)
+        keys, first, inverse = np.unique(owner * span + neighbours, return_index=True, return_inverse=True)
         sums = np.bincount(inverse, weights=values, minlength=len(keys))
         key_owner = keys // span  # sorted, as the keys
         item_codes = keys - key_owner * span
         order = np.lexsort((first, -sums, key_owner))  # per user: strongest first, ties in first-met order
         bounds = np.searchsorted(key_owner, np.arange(len(recents) + 1)).tolist()
-        for u in dict.fromkeys(owners):
+        for u in np.unique(term_owner[lengths > 0]).tolist():
             lo, hi = bounds[u], bounds[u + 1]
             out[u] = CovisScores(item_codes[lo:hi], sums[lo:hi], item_codes[order[lo:min(hi, lo + 2 * NEIGHBOURS_N)]])
         return out

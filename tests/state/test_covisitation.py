@@ -77,3 +77,36 @@ def test_covisitation_add_one_is_add_of_one_pair():
         b.add(item, [(nb, w)], t * 1000)
     assert a.rows == b.rows
     assert a.neighbours("x") == b.neighbours("x")
+
+
+def test_the_drop_log_names_each_dropped_or_replaced_list_and_restarts_readers_it_lost(monkeypatch):
+    import freshrec.state.covisitation as covisitation
+
+    cv = CoVisitation(half_life_ms=1e12, max_neighbors=10)
+    assert cv.drops_since(0) == ([], 0)
+    cv.add("a", [("b", 3.0), ("c", 1.0)], 0)
+    cv.add("z", [("b", 1.0)], 0)
+    cv.top_list("a")  # first made: no list replaced, nothing logged
+    cv.top_list("z")
+    assert cv.drops_since(0) == ([], 0)
+    cv.add("a", [("d", 1.0)], 0)  # a's row outgrew its short list: the next read replaces it
+    cv.top_list("a")
+    assert cv.drops_since(0) == (["a"], 1)
+    cv.expire_cache()  # a and z changed since they were cached: both dropped
+    items, end = cv.drops_since(1)
+    assert sorted(items) == ["a", "z"] and end == 3
+    assert cv.drops_since(end) == ([], end)
+    cv.expire_cache()  # nothing cached any more: nothing to log
+    assert cv.drops_since(end) == ([], end)
+    cv.top_list("a")
+    cv.reset_cache()  # every list gone: readers at any earlier position start over
+    assert cv.drops_since(end)[0] is None
+    _, end = cv.drops_since(0)
+    assert cv.drops_since(end) == ([], end)
+    monkeypatch.setattr(covisitation, "DROP_LOG_MAX", 4)
+    for n in range(6):  # the log keeps its newest entries; a reader left behind the rest starts over
+        cv.top_list("a")
+        cv._drop("a")
+    items, now = cv.drops_since(end)
+    assert items is None and now == end + 6
+    assert cv.drops_since(now - 2) == (["a", "a"], now)

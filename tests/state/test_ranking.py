@@ -568,3 +568,36 @@ def test_member_is_isin():
         values = rng.integers(-5, 100, n_values)
         query = rng.integers(-10, 110, (7, 9))
         assert np.array_equal(_member(query, values), np.isin(query, values))
+
+
+def test_neighbour_rows_are_the_cached_co_visitation_lists_and_follow_their_changes():
+    from freshrec.state.covisitation import CoVisitation
+    from freshrec.state.ranking import NEIGHBOURS_N
+
+    feed = Feed()
+    rng = np.random.default_rng(5)
+    for n in range(3000):  # long rows for the popular items, short ones in the tail
+        feed.send("click", user_id=f"u{rng.integers(50)}", item_id=f"i{min(rng.geometric(0.03), 150)}")
+    feed.send("click", user_id="u1", item_id="rare")  # one click: a short row (u1's last 20 items)
+    rec = feed.p.recommender
+    rows = rec._neighbours
+
+    def check(items):
+        codes = rec.table.codes(items)
+        got, weights, lengths = rows.gather(rec.covis, codes)
+        expected = [rec.covis.top_list(i, NEIGHBOURS_N)[:NEIGHBOURS_N] for i in items]
+        assert lengths.tolist() == [len(e) for e in expected]
+        assert list(zip(rec.table.ids[got].tolist(), weights.tolist())) == [p for e in expected for p in e]
+        return lengths
+
+    items = [f"i{j}" for j in (1, 2, 150, 40, 1, 99)] + ["rare", "never-clicked"]
+    lengths = check(items)
+    assert lengths[0] == NEIGHBOURS_N and 0 < lengths[-2] < NEIGHBOURS_N and lengths[-1] == 0
+    for n in range(300):  # rows change: full lists stay as cached until the cache expires them,
+        feed.send("click", user_id=f"u{rng.integers(50)}", item_id=f"i{rng.integers(30, 150)}")
+    feed.send("click", user_id="u2", item_id="rare")
+    assert check(items)[-2] > lengths[-2]  # short ones are replaced at once, as top_list does
+    feed.p.features.covis.expire_cache()
+    check(items)
+    feed.p.features.covis = CoVisitation(feed.p.features.covis.half_life_ms, 200)  # another object: all made again
+    check(items)
