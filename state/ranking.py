@@ -37,7 +37,7 @@ The ranking uses exact MF scores for every candidate, so an index a refresh behi
 
 **Cost.** :meth:`LearningRecommender.publish_many` ranks a batch of users: the ANN queries of
 all of them go to hnswlib in one call per index (:meth:`~freshrec.state.ann.ItemIndex.query_many`,
-multi-threaded without the GIL), asking for ``k`` plus the user's seen count and filtering after
+on ``ANN_THREADS`` without the GIL), asking for ``k`` plus the user's seen count and filtering after
 (instead of an exclusion set per query). Candidates are dense int codes of an :class:`ItemTable`
 from retrieval to the feature matrix, so item-level features, content vectors, categories and
 MF rows are gathered with fancy indexing instead of a few dict lookups per candidate. The
@@ -93,7 +93,10 @@ FRESH_KEEP = 1000  # newest catalogue items remembered for candidates and explor
 ITEM_CACHE_MS = 10_000  # event time an item's cached features are reused
 RECENT_ANN_CANDIDATES = 50  # candidates from the MF index near the user's recent items
 EXPLORE_POOL = 200  # newest fresh, little-seen items exploration draws from
-ANN_THREADS = 2  # hnswlib threads of a batch of list queries (it releases the GIL)
+# hnswlib threads of a batch of list queries. One: a batch's queries go in ~6 calls per index
+# (grouped by seen count) of ~10 rows each, and hnswlib starts its threads at every call; with 2,
+# a list took 5% more wall time and 3% more CPU (README, session 16)
+ANN_THREADS = 1
 RECENT_WEIGHTS = 1.0 / (1.0 + np.arange(RECENT_N))  # weight of the r-th most recent item
 RECENT_WEIGHTS32 = RECENT_WEIGHTS.astype(np.float32)
 
@@ -1158,7 +1161,7 @@ class LearningRecommender:
                     ctxs: Sequence[UserContext], seen: list[np.ndarray]) -> list[np.ndarray]:
         """Codes of the ``k`` best items of ``index`` for each row of ``Q`` that its user has not
         seen. Users are grouped by how many items they have seen (rounded up to a power of 2),
-        and each group is one hnswlib batch (multi-threaded, without the GIL) asking for ``k``
+        and each group is one hnswlib batch (on ``ANN_THREADS``, without the GIL) asking for ``k``
         plus that many, filtered afterwards; a user with more seen items than the index's
         ``filter_threshold`` is queried alone with hnswlib's filter (cheaper past it, ann.py)."""
         t = self.table
