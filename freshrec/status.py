@@ -107,7 +107,8 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"worker: {state}, engine {w['engine']}, stats {w['stats_age_s']}s old, "
                      f"checkpoint v{w['checkpoint_version']}")
         f = w.get("freshness_ms") or {}
-        lines.append(f"  throughput {w['events_per_s']} events/s; freshness p50 {f.get('p50')} ms, "
+        lines.append(f"  throughput {w['events_per_s']} events/s over the last stats interval (0 when idle); "
+                     f"freshness p50 {f.get('p50')} ms, "
                      f"p99 {f.get('p99')} ms over the last {f.get('n')} lists")
         lines.append(f"  users {w['users']}, items {w['items']}, duplicates skipped {w['duplicates']}, "
                      f"redis errors {w['redis_errors']}")

@@ -31,3 +31,5 @@ def test_status_shows_each_arm_with_its_online_metrics_and_drift():
     assert "rollout revision 4 (running: canary rnd-v1 at 20%)" in text
     assert "popularity 0.400" in text and "shifted" in text
     assert "configured: champion learning-v1, challenger rnd-v1 canary 20% (revision 4, running)" in text
+    # the rate is the worker's last stats interval, which a finished replay leaves at 0: say so
+    assert "throughput 10.0 events/s over the last stats interval (0 when idle)" in text
