@@ -70,6 +70,7 @@ import numpy as np
 
 from freshrec.settings import Settings
 from freshrec.state.ann import IndexRefresher, ItemIndex
+from freshrec.state.arrays import grown
 from freshrec.state.catalogue import Catalogue
 from freshrec.state.clickmodel import COL, N_FEATURES, ClickModel
 from freshrec.state.content import ContentIndex
@@ -418,17 +419,13 @@ class NeighbourRows:
 
     def _sync(self, covis) -> None:
         """Forget the rows whose cached list changed since the last read; grow with the table."""
-        if len(self.lengths) < len(self.table.ids):
-            cap = len(self.table.ids)
-            for name, fill in (("codes", 0), ("weights", 0.0), ("lengths", -1)):
-                old = getattr(self, name)
-                new = np.full((cap,) + old.shape[1:], fill, dtype=old.dtype)
-                new[: len(old)] = old
-                setattr(self, name, new)
-        items, self._position = covis.drops_since(self._position) if covis is self._covis else (None, 0)
+        need = len(self.table)
+        self.codes, self.weights = grown(self.codes, need), grown(self.weights, need)
+        self.lengths = grown(self.lengths, need, fill=-1)
+        # another co-visitation object: a position before any log, so that every row is remade
+        items, self._position = covis.drops_since(self._position if covis is self._covis else -1)
         if items is None:  # everything may have changed
             self._covis = covis
-            _, self._position = covis.drops_since(0)
             self.lengths[:] = -1
             self._short.clear()
         elif items:
