@@ -60,8 +60,7 @@ class WorkerRuntime:
             self.log.published(updates)
             if self.metrics is not None:
                 self.metrics.redis_ok = True
-                for ms in updates.freshness_ms:
-                    self.metrics.freshness.observe(ms / 1000.0)
+                self.metrics.observe_freshness(updates)
 
     def stats(self) -> dict:
         return self.log.stats(engine="faust")

@@ -73,8 +73,12 @@ class WorkerMetrics:
     def __init__(self, engine: str, app_id: str) -> None:
         self.registry = CollectorRegistry()
         self.engine, self.app_id = engine, app_id
-        self.freshness = Histogram("freshrec_freshness_seconds", "Newest event time to Redis publish of a list",
+        self.freshness = Histogram("freshrec_freshness_seconds",
+                                   "A user's newest event time to the publish of the first list reflecting it (ranked or quick)",
                                    buckets=FRESHNESS_BUCKETS, registry=self.registry)
+        self.ranked_freshness = Histogram("freshrec_ranked_freshness_seconds",
+                                          "A user's newest event time to the publish of a ranked list reflecting it",
+                                          buckets=FRESHNESS_BUCKETS, registry=self.registry)
         self.publish_latency = Histogram("freshrec_publish_seconds", "Duration of one pipelined Redis write",
                                          buckets=PUBLISH_BUCKETS, registry=self.registry)
         self._snap: dict[str, Any] = {}
@@ -89,6 +93,13 @@ class WorkerMetrics:
         """Replace the snapshot scrapes read (called by the loop, about once a second)."""
         self._snap = snapshot
         self.heartbeat = time.monotonic()
+
+    def observe_freshness(self, updates: Any) -> None:
+        """The freshness of a published flush's lists (:class:`~freshrec.state.publisher.Updates`)."""
+        for histogram, values in ((self.freshness, updates.freshness_ms),
+                                  (self.ranked_freshness, updates.ranked_freshness_ms)):
+            for ms in values:
+                histogram.observe(ms / 1000.0)
 
     def beat(self) -> None:
         self.heartbeat = time.monotonic()

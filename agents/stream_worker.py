@@ -55,6 +55,19 @@ CATALOGUE_STALL_S = 5.0  # the catalogue gate opens when the catalogue's offsets
 SLOW_STEP_S = 0.5  # a batch or flush taking longer is logged (freshness p99 diagnostics)
 
 
+CHECKPOINT_OVERLOAD_FACTOR = 4  # while overloaded, checkpoints come this many times less often
+
+
+def checkpoint_due_s(settings: Settings, overloaded: bool) -> float:
+    """Seconds between checkpoints: ``checkpoint_interval_s``, times CHECKPOINT_OVERLOAD_FACTOR
+    while the worker is behind or lists wait. A checkpoint forks the process, and the parent pays
+    for the pages it writes while the child lives (copy-on-write: lists ~30% slower for the 2-4 s
+    a save takes, README session 15; a 5k events/s phase of the benchmark that met one fell
+    behind for seconds). Under overload that time is taken from users' freshness; the price is a
+    longer replay after a crash."""
+    return settings.checkpoint_interval_s * (CHECKPOINT_OVERLOAD_FACTOR if overloaded else 1)
+
+
 def is_behind(settings: Settings, n_messages: int, oldest_ms: int | None, now_ms: int) -> bool:
     """Whether the worker is behind the stream (it sheds load then, see ``Pipeline.set_behind``):
     its consume batch came back full, or the batch's oldest message waited more than
@@ -334,7 +347,8 @@ class StreamWorker:
         updates = self.pipeline.collect_updates(force=force)
         spent = time.perf_counter() - t_collect
         if spent >= SLOW_STEP_S:  # what a freshness p99 is made of: say where the time went
-            log.info("slow flush: %.2fs for %d lists and %d similar lists", spent, updates.recs, len(updates.similar))
+            log.info("slow flush: %.2fs for %d lists (and %d quick lists) and %d similar lists", spent, updates.recs,
+                     len(updates.quick), len(updates.similar))
         if not updates:
             return
         t0 = time.perf_counter()
@@ -346,9 +360,7 @@ class StreamWorker:
             return
         self.metrics.redis_ok = True
         self.metrics.publish_latency.observe(time.perf_counter() - t0)
-        observe = self.metrics.freshness.observe
-        for ms in updates.freshness_ms:
-            observe(ms / 1000.0)
+        self.metrics.observe_freshness(updates)
         self.log.published(updates)
 
     def stats(self) -> dict[str, Any]:
@@ -413,7 +425,9 @@ class StreamWorker:
             (cat if topic == self.settings.catalogue_topic else inter).append(rec)
             offsets[topic][m.partition()] = m.offset() + 1
         p = self.pipeline
-        p.set_behind(is_behind(self.settings, len(messages), oldest_ms, int(time.time() * 1000)))
+        now_ms = int(time.time() * 1000)
+        p.set_behind(is_behind(self.settings, len(messages), oldest_ms, now_ms),
+                     None if oldest_ms is None else now_ms - oldest_ms)
         if cat:  # catalogue first: an item upserted in the same batch is known to its first click
             self._dead_letter(p.process_catalogue(cat).rejected)
         if inter:
@@ -470,7 +484,7 @@ class StreamWorker:
                     self.poll_rollout()
                     self._sync_rollout()
                     self._update_metrics()
-                if now - last_checkpoint >= s.checkpoint_interval_s:
+                if now - last_checkpoint >= checkpoint_due_s(s, p.behind or p.lists_deferred):
                     self.checkpoint()
                     last_checkpoint = time.monotonic()
                 if now - last_stats >= 5.0:

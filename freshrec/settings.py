@@ -76,6 +76,8 @@ class Settings:
     recompute_interval_ms: int = 200  # a user's list is recomputed at most once per interval
     recompute_budget_ms: int = 100  # at most this long recomputing lists per flush (0: no limit)
     recompute_budget_behind_ms: int = 25  # the same while the worker is behind (catching up first)
+    quick_lists: bool = True  # users a flush's budget leaves waiting get a quick list (state/quicklists.py) until ranked
+    quick_related: int = 5  # slots of a quick list for co-visitation neighbours of the items engaged with since the ranked list
     trending_interval_ms: int = 1000  # trending / similar lists refresh interval
     covis_refresh_ms: int = 5000  # an item's normalised co-visitation neighbour list is re-made at most once per interval after its row changed
     similar_refresh_ms: int = 10_000  # an item's similar list is made at most once per interval (deletions at once)

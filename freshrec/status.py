@@ -65,6 +65,7 @@ def gather(settings: Settings, timeout_s: float = 10.0) -> dict[str, Any]:
             "stats_age_s": round(age, 1) if age is not None else None,
             "stale": age is None or age > STALE_AFTER_S,
             "events_per_s": worker.get("events_per_s"), "freshness_ms": worker.get("freshness_ms"),
+            "ranked_freshness_ms": worker.get("ranked_freshness_ms"),
             "events": {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("events:")},
             "deadletter": {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("deadletter:")},
             "duplicates": counters.get("duplicates", 0), "redis_errors": worker.get("redis_errors", 0),
@@ -107,9 +108,12 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"worker: {state}, engine {w['engine']}, stats {w['stats_age_s']}s old, "
                      f"checkpoint v{w['checkpoint_version']}")
         f = w.get("freshness_ms") or {}
+        rf = w.get("ranked_freshness_ms") or {}
         lines.append(f"  throughput {w['events_per_s']} events/s over the last stats interval (0 when idle); "
                      f"freshness p50 {f.get('p50')} ms, "
-                     f"p99 {f.get('p99')} ms over the last {f.get('n')} lists")
+                     f"p99 {f.get('p99')} ms over the last {f.get('n')} lists (first list reflecting the event, "
+                     f"ranked or quick); ranked lists p50 {rf.get('p50')} ms, p99 {rf.get('p99')} ms "
+                     f"over {rf.get('n')}")
         lines.append(f"  users {w['users']}, items {w['items']}, duplicates skipped {w['duplicates']}, "
                      f"redis errors {w['redis_errors']}")
         lines.append("  events: " + (", ".join(f"{k} {v}" for k, v in sorted(w["events"].items())) or "none"))

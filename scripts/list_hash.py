@@ -1,4 +1,4 @@
-"""A hash of every list a Pipeline publishes over N synthetic events: a refactor of the ranking
+"""A hash of every list a Pipeline publishes (keys and items) over N synthetic events: a refactor of the ranking
 path that claims "the same lists" must leave it unchanged. Deterministic: a fixed clock, no
 time budget, hnswlib on one thread; run with PYTHONHASHSEED=0, and compare hashes made on one
 machine (another CPU's BLAS kernels may round differently).
@@ -59,9 +59,9 @@ def main() -> None:
         now[0] += 250
         updates = p.collect_updates()
         lists += updates.recs
-        for key, value in updates.sets:
+        for key, value in updates.sets:  # the keys and their items (not the documents' other fields)
             digest.update(key.encode())
-            digest.update(value)
+            digest.update(orjson.dumps(orjson.loads(value)["items"]))
     print(f"{lists} lists, hash {digest.hexdigest()[:16]}")
 
 

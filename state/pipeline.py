@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import tempfile
 import time
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, MutableMapping
+from typing import Callable, Iterable, MutableMapping, Sequence
 
 import numpy as np
 
@@ -30,6 +31,8 @@ from freshrec.state.drift import DriftMonitor
 from freshrec.state.features import Dirty, FeatureStore
 from freshrec.state.ann import ItemIndex
 from freshrec.state.publisher import RedisKeys, Updates, recs_payload, similar_payload, trending_payload
+from freshrec.state.popularity import ctr
+from freshrec.state.quicklists import Served, ServedLists, engaged_since, quick_list
 from freshrec.state.random_recommender import RandomRecommender
 from freshrec.state.recommender import CoVisitationRecommender
 from freshrec.state.ranking import LearningRecommender
@@ -73,7 +76,10 @@ class BatchResult:
 log = logging.getLogger("freshrec.pipeline")
 PUBLISH_CHUNK = 64  # users ranked per batch (publish_many); the time budget is checked between batches
 MIN_PUBLISH_CHUNK = 4  # the smallest batch when a time budget sets its size (Pipeline._chunk)
+OVERLOAD_CHUNK = 32  # the smallest batch while quick lists serve the users waiting (a batch's fixed costs)
 SIMILAR_BUDGET_SHARE = 0.25  # similar:{item} lists get this share of a flush's time budget
+QUICK_MAX_LAG_MS = 5000  # behind the stream by less than this, quick lists go on (see set_behind)
+QUICK_MAX_WAIT_MS = 5000  # users whose newest event came longer ago than this wait for a ranked list (a backlog's)
 SIMILAR_MADE_MAX = 100_000  # items whose similar list's time is remembered before the old ones are dropped
 
 
@@ -116,6 +122,9 @@ class Pipeline:
         self._seq = 0
         self.republish_only: set[str] = set()  # queued by a rollout change, no new event since
         self.pending_users: dict[str, None] = {}  # insertion-ordered set of users to recompute
+        self.unreflected: dict[str, int] = {}  # users with events no published list reflects yet -> when the newest came (clock ms; newest last)
+        self.arrived: set[str] = set()  # users with events since the last flush made lists
+        self.served = ServedLists()  # each user's last published list: the base of quick lists
         self.lists_deferred = False  # the last flush's budget left some of them waiting (see _users_due)
         self.deleted_users: set[str] = set()
         self.pending_similar: set[str] = set()
@@ -125,6 +134,7 @@ class Pipeline:
         self.changed_since_trending = True  # anything applied since trending was last computed
         self.counters: Counter[str] = Counter()
         self.behind = False  # set by the worker per consume batch (set_behind)
+        self.lag_ms: int | None = None  # how long the last batch's oldest event waited, when the worker knows
         self._list_cost_s: float | None = None  # moving average of the seconds one list takes
 
     def _build(self, spec: ModelSpec, warm_from: object | None) -> object:
@@ -252,6 +262,7 @@ class Pipeline:
         apply = features.apply
         observe = self.rollout.observe
         catalogue_rows = self.catalogue.rows
+        arrived_at = self.clock()
         for record, event in decoded:
             if learners and features.is_new(event, record.offset):
                 row = features.user(event["user_id"])
@@ -272,10 +283,15 @@ class Pipeline:
             if event["type"] == "user_delete":
                 self.deleted_users.add(user_id)
                 self.pending_users.pop(user_id, None)
+                self.unreflected.pop(user_id, None)
+                self.served.forget(user_id)
             else:
                 self.deleted_users.discard(user_id)
                 self.pending_users.pop(user_id, None)  # to the newest end (see collect_updates)
                 self.pending_users[user_id] = None
+                self.unreflected.pop(user_id, None)
+                self.unreflected[user_id] = arrived_at
+                self.arrived.add(user_id)
                 self.republish_only.discard(user_id)
                 if event["type"] != "impression":
                     item = event["item_id"]
@@ -303,7 +319,7 @@ class Pipeline:
                     self.pending_similar.add(event["item_id"])
         return result
 
-    def set_behind(self, behind: bool) -> None:
+    def set_behind(self, behind: bool, lag_ms: int | None = None) -> None:
         """Whether the worker is behind the stream (the stream engine: its last consume batch came
         back full or waited too long, ``agents.stream_worker.is_behind``). While
         behind, the click model learns from ``click_sample_behind`` of the impressions, chosen by
@@ -314,8 +330,12 @@ class Pipeline:
         ``recompute_budget_behind_ms`` per flush instead of ``recompute_budget_ms``: a list made
         while the user's later events still wait in the backlog is made again once they are
         applied, so catching up first gives fresher lists sooner. The click model's sample
-        also applies while the last flush left lists waiting (see :meth:`_shed`)."""
+        also applies while the last flush left lists waiting (see :meth:`_shed`). ``lag_ms``: how
+        long the batch's oldest event waited; quick lists go on while that is under
+        ``QUICK_MAX_LAG_MS`` (a worker a few hundred ms behind serves its active users; one deep in
+        a backlog catches up first)."""
         self.behind = behind
+        self.lag_ms = lag_ms
         self._shed()
         if behind:
             self.counters["batches_behind"] += 1
@@ -325,13 +345,15 @@ class Pipeline:
         behind or the last flush's budget left lists waiting: overloaded either way. Caught up
         with the stream at 5k events/s (benchmark, py-spy on the worker), learning took 77% of
         the loop and lists 9%, and featurising every slate for the click model was 21%: the
-        costliest learning step gives way to the lists of users active now."""
+        costliest learning step gives way to the lists of users active now. An index refresh then
+        re-indexes at most ``index_batch_max_behind`` items: 500 made the refresh's flush ~0.3 s
+        once a second at 5k events/s, a wait every list made after it paid (session 17)."""
         shed = self.behind or self.lists_deferred
         share = self.settings.click_sample_behind if shed else 1.0
         for rec in self.rollout.learners():
             if isinstance(rec, LearningRecommender):
                 rec.click_sample = share
-                rec.behind = self.behind
+                rec.behind = shed  # fewer items re-indexed per refresh: that flush delays every list
 
     def _budget_ms(self) -> int:
         """A flush's time budget for lists (0: no limit), smaller while behind (see set_behind)."""
@@ -380,29 +402,58 @@ class Pipeline:
         done: list[str] = []
         pending = list(reversed(self.pending_users))
         chunk = self._chunk(budget_s)
+        if s.quick_lists and budget_s is not None and (
+                not self.behind or (self.lag_ms is not None and self.lag_ms < QUICK_MAX_LAG_MS)):
+            # more users wait than the budget will rank: quick lists first (they are cheap, and
+            # would otherwise wait behind the ranked ones), for all but those about to be ranked.
+            # When more users were active since the last flush than the budget ranks, the ranked
+            # lists get the smaller budget: the loop comes round sooner, so the next events'
+            # quick lists wait less, and ranking goes on in smaller slices (at 1k events/s,
+            # where ranking keeps up with the active users but not with a backlog of others, the
+            # budget stays, and quick lists go to those others only)
+            ranked_s = min(budget_s, s.recompute_budget_behind_ms / 1000.0) if s.recompute_budget_behind_ms > 0 else budget_s
+            n_full = self._ranked_per_flush(budget_s, chunk)
+            overloaded = len(self.arrived) > n_full
+            if overloaded:  # batches of at least OVERLOAD_CHUNK: smaller ones cost more per list
+                budget_s = ranked_s
+                chunk = max(self._chunk(budget_s), OVERLOAD_CHUNK)
+            n_rank = self._ranked_per_flush(budget_s, chunk) if overloaded else n_full
+            if len(pending) > n_rank:  # the full budget, also a little behind (their lists are what lag)
+                self._quick_lists(now, updates, s.recompute_budget_ms / 1000.0, set(pending[:n_rank]))
         for start in range(0, len(pending), chunk):  # ranked in batches (state/ranking.py)
             t_chunk = time.perf_counter()
             rows = [(user_id, users.user(user_id)) for user_id in pending[start:start + chunk]]
             event_ts = [row["last_ts"] if row else 0 for _, row in rows]
             # a list republished for a rollout change reflects no new event: no freshness sample
             fresh = [None if u in self.republish_only else now - ts for (u, _), ts in zip(rows, event_ts)]
-            for (user_id, _), ts, fresh_ms, (arm, scored) in zip(rows, event_ts, fresh, self._rank_chunk(rows, fresh)):
+            for (user_id, row), ts, fresh_ms, (arm, scored) in zip(rows, event_ts, fresh, self._rank_chunk(rows, fresh)):
                 self._seq += 1
                 label = self.rollout.label(arm)
+                wm = row["wm"] if row else -1
+                before = self.served.get(user_id)
+                # a quick list already reflected these events: the ranked list keeps its time
+                first = before.reflected_at if before is not None and before.reflected_wm >= wm else None
                 updates.sets.append((self.keys.recs(user_id), recs_payload(
-                    user_id, scored, label, now, ts, request_id=request_id(arm, label, now, self._seq), arm=arm)))
+                    user_id, scored, label, now, ts, request_id=request_id(arm, label, now, self._seq), arm=arm,
+                    reflected_at=first if first is not None else now)))
                 if fresh_ms is not None:
-                    updates.freshness_ms.append(fresh_ms)
+                    updates.ranked_freshness_ms.append(fresh_ms)
+                    if first is None:
+                        updates.freshness_ms.append(fresh_ms)
+                self.served.put(user_id, Served(tuple(i for i, _ in scored), tuple(p for _, p in scored), wm, arm,
+                                                label, wm, first if first is not None else now))
+                self.unreflected.pop(user_id, None)
                 done.append(user_id)
             t_end = time.perf_counter()
             per_list = (t_end - t_chunk) / len(rows)
             self._list_cost_s = per_list if self._list_cost_s is None else 0.8 * self._list_cost_s + 0.2 * per_list
             if budget_s is not None and t_end - t0 >= budget_s:
                 break
+        deferred = len(done) < len(self.pending_users)
+        self.arrived.clear()
         updates.recs = len(done)
         updates.users = [*done, *self.deleted_users]
         self.counters["recomputes"] += len(done)
-        deferred = len(done) < len(self.pending_users)
         if deferred != self.lists_deferred:
             self.lists_deferred = deferred
             self._shed()
@@ -420,6 +471,72 @@ class Pipeline:
         if breach is not None:
             self.rollback(breach, actor="guardrail")
         return updates
+
+    def _quick_lists(self, now: int, updates: Updates, budget_s: float, skip: set[str]) -> None:
+        """A quick list (:mod:`~freshrec.state.quicklists`) for each user whose newest events no
+        published list reflects, but those in ``skip`` (ranked next), newest first, for at most
+        ``budget_s`` and while their events came within QUICK_MAX_WAIT_MS: his last ranked list
+        patched with what he did since, or for a user with no
+        list in memory (new, or listed before a restart) the trending list patched the same way
+        (what a frontend shows a user without a list). He stays pending for a ranked list."""
+        t0 = time.perf_counter()
+        trending: tuple[tuple[str, float], ...] | None = None
+        unreflected = self.unreflected
+        for n, user_id in enumerate(reversed(unreflected)):
+            if n % 64 == 63 and time.perf_counter() - t0 >= budget_s:
+                break
+            if now - unreflected[user_id] > QUICK_MAX_WAIT_MS:
+                break  # the rest came longer ago (a backlog): they wait for their ranked lists
+            if user_id in skip:
+                continue
+            row = self.features.user(user_id)
+            if row is None:
+                continue
+            served = self.served.get(user_id)
+            if served is None or not served.items:  # never ranked (since a restart): trending is his base
+                if trending is None:
+                    trending = tuple((item, self.item_ctr(item))
+                                     for item, _ in self.trending.global_list[: self.settings.recs_k])
+                if served is None:
+                    arm = self.rollout.arm_of(user_id)
+                    served = Served((), (), -1, arm, self.rollout.label(arm), -1, None)
+                    self.served.put(user_id, served)
+                base, base_wm = trending, -1
+            else:
+                base, base_wm = tuple(zip(served.items, served.scores)), served.base_wm
+            scored = self.quick_list(row, base, base_wm)
+            self._seq += 1
+            updates.sets.append((self.keys.recs(user_id), recs_payload(
+                user_id, scored, served.label, now, row["last_ts"],
+                request_id=request_id(served.arm, served.label, now, self._seq), arm=served.arm,
+                reflected_at=now, tier="quick")))
+            updates.freshness_ms.append(now - row["last_ts"])
+            served.reflected_wm, served.reflected_at = row["wm"], now
+            updates.quick.append(user_id)
+        for user_id in updates.quick:
+            del self.unreflected[user_id]
+        self.counters["quick_lists"] += len(updates.quick)
+
+    def item_ctr(self, item: str) -> float:
+        """The item's click-through rate with the configured Beta prior (rounded as published)."""
+        s = self.settings
+        return round(ctr(self.features.item_stats.get(item), s.ctr_prior_clicks, s.ctr_prior_impressions), 6)
+
+    def quick_list(self, row: dict, base: Sequence[tuple[str, float]], base_wm: int,
+                   k: int | None = None) -> list[tuple[str, float]]:
+        """:func:`~freshrec.state.quicklists.quick_list` of a user (``row``) whose last ranked
+        list ``base`` reflected his row up to offset ``base_wm``: the worker's under overload,
+        and ``freshrec eval``'s measure of it."""
+        s = self.settings
+        return quick_list(base, engaged_since(row, base_wm), row["seen"], self.catalogue.deleted,
+                          self.features.covis.neighbours, self.item_ctr, k or s.recs_k, s.quick_related)
+
+    def _ranked_per_flush(self, budget_s: float, chunk: int) -> int:
+        """How many users a flush ranks in ``budget_s`` in batches of ``chunk`` (whole batches:
+        the budget is checked between them), at the measured cost of a list (one batch before
+        any is measured)."""
+        cost = self._list_cost_s
+        return chunk if cost is None else chunk * math.ceil(budget_s / max(cost, 1e-6) / chunk)
 
     def _chunk(self, budget_s: float | None) -> int:
         """Users ranked per batch: PUBLISH_CHUNK, or as many as fit in a flush's time budget at
@@ -458,6 +575,7 @@ class Pipeline:
     # ------------------------------------------------------------------ rollout
     def _republish(self, users: set[str]) -> None:
         for user_id in users:
+            self.served.forget(user_id)  # no quick list patches the arm the user left
             if self.features.user(user_id) is not None and user_id not in self.deleted_users \
                     and user_id not in self.pending_users:
                 self.pending_users[user_id] = None
@@ -495,6 +613,12 @@ class Pipeline:
         recompute interval: no back-to-back catch-up flushes against a Redis that is down)."""
         self.lists_deferred = False
         self._shed()
+        for user_id in [*updates.quick, *updates.users]:  # lists not written: nothing reflects their events
+            served = self.served.get(user_id)
+            if served is not None:
+                served.reflected_at = None
+            if self.features.user(user_id) is not None:
+                self.unreflected[user_id] = self.clock()
         for user_id in updates.users:
             if self.features.user(user_id) is None and user_id not in self.pending_users:
                 self.deleted_users.add(user_id)

@@ -3,7 +3,10 @@
 Keys (prefix default ``freshrec``), each an orjson document read with one ``GET``:
 
 * ``{p}:recs:{user_id}``: ``{"user_id", "items": [{"item_id", "score"}...], "model" (name-vN),
-  "generated_at" (epoch ms), "event_ts" (epoch ms of the newest event reflected), "request_id",
+  "generated_at" (epoch ms), "event_ts" (epoch ms of the newest event reflected), "reflected_at"
+  (epoch ms when a list first reflected that event: a quick list's time, kept by the ranked list
+  that replaces it), "tier" (``ranked``, or ``quick``: the last ranked list patched with the
+  events since, made under overload, see :mod:`freshrec.state.quicklists`), "request_id",
   "arm" (champion | challenger)}``. Frontends put ``request_id`` on the impression of this list
   and on its clicks: that is how online CTR is attributed to the arm and model that served it.
 * ``{p}:rollout``: the rollout config (:mod:`freshrec.state.registry`), edited by ``freshrec rollout``;
@@ -52,10 +55,12 @@ def _items(scored: Sequence[tuple[str, float]]) -> list[dict[str, Any]]:
 
 
 def recs_payload(user_id: str, scored: Sequence[tuple[str, float]], model: str, generated_at: int,
-                 event_ts: int, request_id: str | None = None, arm: str = "champion") -> bytes:
+                 event_ts: int, request_id: str | None = None, arm: str = "champion",
+                 reflected_at: int | None = None, tier: str = "ranked") -> bytes:
     return orjson.dumps({"user_id": user_id, "items": _items(scored), "model": model,
                          "generated_at": generated_at, "event_ts": event_ts,
-                         "request_id": request_id, "arm": arm})
+                         "reflected_at": generated_at if reflected_at is None else reflected_at,
+                         "tier": tier, "request_id": request_id, "arm": arm})
 
 
 def similar_payload(item_id: str, scored: Sequence[tuple[str, float]], model: str,
@@ -75,10 +80,12 @@ class Updates:
 
     sets: list[tuple[str, bytes]] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
-    recs: int = 0  # how many of the sets are user lists
+    recs: int = 0  # how many of the sets are ranked user lists (quick lists: ``quick``)
     users: list[str] = field(default_factory=list)  # whose lists (or deletions) are in here
     similar: list[str] = field(default_factory=list)  # items whose similar lists are in here
-    freshness_ms: list[int] = field(default_factory=list)  # generated_at - newest event ts, per list
+    freshness_ms: list[int] = field(default_factory=list)  # first list reflecting a user's newest event: its generated_at - that event's ts
+    ranked_freshness_ms: list[int] = field(default_factory=list)  # the same for every ranked list (quick lists left out)
+    quick: list[str] = field(default_factory=list)  # users given a quick list (state/quicklists.py), still pending
 
     def __bool__(self) -> bool:
         return bool(self.sets or self.deletes)

@@ -72,3 +72,20 @@ def test_cpu_split_gives_the_cores_each_process_used_and_the_machines_idle_ones(
     assert 0.0 <= cores["idle"] <= os.cpu_count()
     line = cores_line(cores)
     assert line.startswith("CPU while the phase was produced, in cores: me ") and f"of {os.cpu_count()} idle" in line
+
+
+def test_a_quick_list_counts_from_when_it_was_published_and_not_as_a_ranked_list():
+    newest = {"a": 1_000, "b": 2_000, "c": 3_000}
+    lists = {
+        "a": {"event_ts": 1_000, "generated_at": 1_150, "tier": "quick", "reflected_at": 1_150},
+        # ranked 4 s after a quick list reflected b's event 100 ms after it
+        "b": {"event_ts": 2_000, "generated_at": 6_000, "tier": "ranked", "reflected_at": 2_100},
+        "c": {"event_ts": 3_000, "generated_at": 3_300, "tier": "ranked", "reflected_at": 3_300},
+    }
+    first = newest_event_freshness(newest, lists)
+    assert first["reflecting_newest"] == 3 and first["p99_ms"] == 300
+    ranked = newest_event_freshness(newest, lists, ranked=True)
+    assert ranked["reflecting_newest"] == 2 and ranked["p50_ms"] == 4_000
+    split = made_during_and_after(newest, lists, ended_ms=5_000, ranked=True)
+    assert split["during"]["lists"] == 1 and split["after"] == {"lists": 1, "p50_ms": 4_000, "p99_ms": 4_000}
+    assert made_during_and_after(newest, lists, ended_ms=5_000)["after"]["lists"] == 0

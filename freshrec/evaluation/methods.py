@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections import deque
+from collections import Counter, deque
 from typing import AbstractSet, Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -164,7 +164,7 @@ class FreshrecMethod:
                          "ann_candidates", "content_candidates")
 
     def __init__(self, settings: Settings | None = None, refresh_every: int = 100, partitions: int = 8,
-                 index_every: int = 1000, **overrides: Any) -> None:
+                 index_every: int = 1000, ranked_every_s: float = 0.0, **overrides: Any) -> None:
         base = settings if settings is not None else load_settings()
         try:
             self.settings = base.replace(**overrides) if overrides else base
@@ -181,8 +181,15 @@ class FreshrecMethod:
         self.pipeline = Pipeline(self.settings, clock=self._clock, partials=False)  # as the stream engine
         self._offsets: dict[tuple[str, int], int] = {}
         self._since_refresh = 0
+        # ranked_every_s > 0: a user's test list is ranked at most once per that many seconds of
+        # stream time, and a quick list of his last ranked one in between (state/quicklists.py):
+        # the quality of what an overloaded worker serves
+        self.ranked_every_s = float(ranked_every_s)
+        self._ranked: dict[str, tuple[int, list[tuple[str, float]], int]] = {}  # user -> (stream ms, list, row wm)
+        self.tests = Counter()
         s = self.settings
         self.params = {"model": s.model, "refresh_every": self.refresh_every, "index_every": self.index_every,
+                       "ranked_every_s": self.ranked_every_s,
                        "partitions": self.partitions, **overrides,
                        "settings": {f: getattr(s, f) for f in self.REPORTED_SETTINGS}}
 
@@ -224,6 +231,8 @@ class FreshrecMethod:
 
     def stats(self) -> dict[str, Any]:
         out = {"counters": dict(self.pipeline.counters), "refresh_every_events": self.refresh_every}
+        if self.ranked_every_s > 0:
+            out["tests_by_tier"] = dict(self.tests)
         if self.pipeline.learning:
             rec = self.pipeline.recommender
             out["click_model_weights"] = {k: round(v, 4) for k, v in rec.clicks.weights.items()}
@@ -233,10 +242,26 @@ class FreshrecMethod:
     def recommend_one(self, user_id: str, k: int, exclude: AbstractSet[str]) -> list[str]:
         # The pipeline already excludes the user's seen set; ask for more only when the
         # evaluator's exclusions (unbounded) cut the list short.
+        if self.ranked_every_s > 0:
+            return [i for i in self._tiered(user_id) if i not in exclude][:k]
         recs = [i for i, _ in self.pipeline.recommend(user_id, k) if i not in exclude]
         if len(recs) < k and exclude:
             recs = [i for i, _ in self.pipeline.recommend(user_id, k + len(exclude)) if i not in exclude]
         return recs[:k]
+
+    def _tiered(self, user_id: str) -> list[str]:
+        """The user's published list (``recs_k`` long) when ranked lists come at most every
+        ``ranked_every_s`` of stream time and quick lists in between."""
+        p = self.pipeline
+        row = p.features.user(user_id)
+        last = self._ranked.get(user_id)
+        if row is not None and last is not None and self.latest_ts - last[0] < self.ranked_every_s * 1000.0:
+            self.tests["quick"] += 1
+            return [i for i, _ in p.quick_list(row, last[1], last[2])]
+        scored = p.recommend(user_id)
+        self._ranked[user_id] = (self.latest_ts, scored, row["wm"] if row else -1)
+        self.tests["ranked"] += 1
+        return [i for i, _ in scored]
 
     def score_one(self, user_id: str, item_ids: Sequence[str]) -> list[float]:
         """Click probability: the learning model's click model, given each item's position on the

@@ -147,6 +147,26 @@ def test_freshrec_wraps_the_pipeline_and_accepts_old_and_future_timestamps():
     assert sum(off + 1 for (topic, _), off in m._offsets.items() if topic.endswith("interactions")) == 4
 
 
+def test_freshrec_ranked_every_serves_quick_lists_of_the_last_ranked_one_in_between():
+    m = me.FreshrecMethod(settings=Settings(recs_k=5), refresh_every=5, ranked_every_s=60)  # lists of 5
+    items = ["c", "d"] + [f"p{n}" for n in range(10)]
+    for n, item in enumerate(items):
+        m.learn_one({"v": 1, "type": "item_upsert", "event_id": f"c{n}", "item_id": item, "category": "x", "ts": T0})
+    for n in range(200):  # popular items, clicked by many users
+        m.learn_one(positive(f"v{n}", f"p{n % 10}", T0 + n, n=n))
+    for n in range(4):  # c and d, co-visited by two users
+        m.learn_one(positive(f"u{n % 2 + 2}", "cd"[n // 2], T0 + 200 + n, n=n))
+    first = m.recommend_one("u1", 5, set())
+    assert m.tests == {"ranked": 1} and "d" not in first
+    m.learn_one(positive("u1", "c", T0 + 1000))  # 1 s of stream time later: within the 60 s
+    second = m.recommend_one("u1", 5, {"c"})
+    assert m.tests == {"ranked": 1, "quick": 1} and "c" not in second
+    assert second[:2] == [first[0], "d"]  # c's co-visited neighbour in the 2nd slot, the ranked best first
+    m.learn_one(positive("u1", "e", T0 + 120_000))  # past the 60 s: ranked again
+    m.recommend_one("u1", 5, {"c", "e"})
+    assert m.tests == {"ranked": 2, "quick": 1} and m.stats()["tests_by_tier"] == {"ranked": 2, "quick": 1}
+
+
 def test_freshrec_rejected_event_is_an_error_not_a_silent_drop():
     m = me.FreshrecMethod(settings=Settings())
     with pytest.raises(me.MethodError, match="missing_field"):

@@ -2,6 +2,7 @@ import orjson
 
 from freshrec.settings import Settings
 from freshrec.state.pipeline import Pipeline, Record
+from freshrec.state.publisher import Updates
 
 TOPIC = "t.interactions"
 
@@ -205,7 +206,7 @@ def test_the_click_model_samples_impressions_while_behind_or_while_lists_wait():
     assert p.lists_deferred and rec_.click_sample == 0.1  # the budget left lists waiting
     p.set_behind(True)
     p.set_behind(False)  # caught up with the stream, but lists still wait
-    assert rec_.click_sample == 0.1 and not rec_.behind
+    assert rec_.click_sample == 0.1 and rec_.behind  # overloaded: fewer items re-indexed per refresh too
     while p.pending_users:
         p.collect_updates()
     assert not p.lists_deferred and rec_.click_sample == 1.0  # every list made: full learning again
@@ -256,3 +257,127 @@ def test_a_learning_pipeline_leaves_no_cyclic_garbage():
         assert gc.collect() == 0  # nothing the pipeline dropped was left to the cycle collector
     finally:
         gc.enable()
+
+
+def _docs(p, updates):
+    prefix = p.keys.recs("")
+    return {k[len(prefix):]: orjson.loads(v) for k, v in updates.sets if k.startswith(prefix)}
+
+
+def _clicked(n_users=300, ranked=False, **settings):
+    """A learning pipeline with a 1 ms list budget where ``n_users`` users clicked once, a second
+    ago (``ranked``: and were all ranked since)."""
+    clock = Clock()
+    p = Pipeline(Settings(model="learning", recompute_budget_ms=1, **settings), clock=clock)
+    users = [f"u{i}" for i in range(n_users)]
+    p.process_interactions([rec(i, click(i, user=u, item=f"i{i % 30}")) for i, u in enumerate(users)])
+    clock.t += 1000
+    while ranked and p.pending_users:
+        p.collect_updates()
+    return clock, p, users
+
+
+def _click_again(p, users, item, ts):
+    """Every user clicks again (``item(i)``: the i-th user's item) at ``ts``."""
+    base = 1_000_000
+    p.process_interactions([rec(base + i, click(base + i, user=u, item=item(i), ts=ts)) for i, u in enumerate(users)])
+
+
+def test_users_a_budget_leaves_waiting_get_a_quick_list_then_a_ranked_one_that_keeps_its_time():
+    clock, p, users = _clicked()
+    first = p.collect_updates()
+    assert 0 < first.recs < 300 and first.quick  # the budget cut the flush short: quick lists for some
+    new = _docs(p, first)[first.quick[0]]  # no ranked list to patch yet: trending's, patched
+    trending = {i for i, _ in p.trending.global_list}
+    assert new["tier"] == "quick" and {e["item_id"] for e in new["items"]} <= trending
+    assert first.quick[0] not in first.users and first.quick[0] in p.pending_users
+    while p.pending_users:
+        clock.t += 50
+        p.collect_updates()
+    # every user ranked; now each clicks again, at a later event time
+    ts = clock.t
+    _click_again(p, users, lambda i: f"i{(i + 7) % 30}", ts)
+    docs: dict[str, list[dict]] = {u: [] for u in users}
+    samples = 0
+    while p.pending_users:
+        clock.t += p.settings.recompute_interval_ms
+        flush = p.collect_updates()
+        assert flush.recs + len(flush.quick) > 0 and not set(flush.users) & set(flush.quick)
+        assert len(flush.ranked_freshness_ms) == flush.recs
+        samples += len(flush.freshness_ms)
+        for u, d in _docs(p, flush).items():
+            assert d["generated_at"] == clock.t and d["event_ts"] == ts
+            docs[u].append(d)
+    assert samples == 300  # one first reflection per user, ranked or quick
+    quick = [u for u in users if docs[u][0]["tier"] == "quick"]
+    assert quick and all(docs[u][0]["reflected_at"] == docs[u][0]["generated_at"] for u in users)
+    for u in quick:  # what he just clicked left his list; the ranked list that follows keeps the time
+        assert f"i{(users.index(u) + 7) % 30}" not in [e["item_id"] for e in docs[u][0]["items"]]
+        assert [d["tier"] for d in docs[u]] == ["quick", "ranked"]
+        assert docs[u][1]["reflected_at"] == docs[u][0]["generated_at"] < docs[u][1]["generated_at"]
+
+
+def test_a_quick_list_that_failed_to_publish_is_made_again_and_a_deleted_user_has_none():
+    clock, p, users = _clicked(200, ranked=True)
+    _click_again(p, users, lambda i: "i3", clock.t)
+    p.process_interactions([rec(2_000_000, {"type": "user_delete", "event_id": "d", "user_id": "u5", "ts": clock.t})])
+    clock.t += 1000
+    failed = p.collect_updates()
+    assert failed.quick and "u5" not in failed.quick and "u5" not in _docs(p, failed)
+    assert p.served.get("u5") is None  # deletion reaches the lists kept for quick ones
+    p.requeue(failed)  # Redis was down
+    docs, first = {}, 0
+    while p.unreflected:
+        clock.t += p.settings.recompute_interval_ms
+        again = p.collect_updates()
+        docs.update(_docs(p, again))
+        first += len(again.freshness_ms)
+    assert set(failed.quick) <= set(docs)  # each reflected again, quick or ranked
+    assert first == len(docs)  # and counted once as a first reflection
+
+
+def test_quick_lists_can_be_switched_off():
+    clock, p, users = _clicked(200, ranked=True, quick_lists=False)
+    _click_again(p, users, lambda i: "i3", clock.t)
+    clock.t += 1000
+    flush = p.collect_updates()
+    assert flush.recs < 200 and flush.quick == [] and len(_docs(p, flush)) == flush.recs
+
+
+def test_quick_lists_go_on_a_little_behind_the_stream_but_not_deep_in_a_backlog():
+    from freshrec.state.pipeline import QUICK_MAX_LAG_MS
+
+    clock, p, users = _clicked(recompute_budget_behind_ms=1)
+    p.set_behind(True, lag_ms=QUICK_MAX_LAG_MS + 1)
+    assert p.collect_updates().quick == []  # deep in a backlog: catching up first
+    p.set_behind(True, lag_ms=QUICK_MAX_LAG_MS // 4)
+    clock.t += 1000
+    assert p.collect_updates().quick  # a few hundred ms behind: active users still get quick lists
+
+
+def test_a_user_not_ranked_yet_gets_trending_patched_again_with_his_next_events():
+    clock, p, users = _clicked()
+    first = p.collect_updates()
+    user = first.quick[-1]  # the oldest of those given a quick list: not ranked for a while
+    assert p.served.get(user).items == ()
+    p.process_interactions([rec(300, click(300, user=user, item="i29", ts=clock.t))])
+    again = Updates()
+    p._quick_lists(clock.t, again, budget_s=60.0, skip=set())  # what a flush does before ranking
+    doc = _docs(p, again)[user]
+    assert doc["tier"] == "quick" and len(doc["items"]) >= p.settings.recs_k // 2  # trending, not an empty base
+    assert "i29" not in [e["item_id"] for e in doc["items"]]
+
+
+def test_users_whose_events_came_long_ago_wait_for_their_ranked_list():
+    from freshrec.state.pipeline import QUICK_MAX_WAIT_MS
+
+    clock = Clock()
+    p = Pipeline(Settings(model="learning", recompute_budget_ms=1), clock=clock)
+    p.process_interactions([rec(i, click(i, user=f"u{i}", item=f"i{i % 30}")) for i in range(300)])
+    clock.t += QUICK_MAX_WAIT_MS + 1  # a backlog: nobody got a list within the wait
+    stale = p.collect_updates()
+    assert stale.recs > 0 and stale.quick == []
+    p.process_interactions([rec(300 + i, click(300 + i, user=f"n{i}", item="i3", ts=clock.t)) for i in range(300)])
+    clock.t += p.settings.recompute_interval_ms
+    fresh = p.collect_updates()
+    assert fresh.quick and all(u.startswith("n") for u in fresh.quick)  # the users active now
