@@ -37,6 +37,7 @@ PLAIN_COUNTERS = {
     "duplicates": ("freshrec_duplicates", "Events already applied (same event_id), skipped"),
     "recomputes": ("freshrec_recomputes", "User lists recomputed"),
     "recompute_deferred": ("freshrec_recompute_deferred", "Lists deferred to the next flush by the time budget"),
+    "quick_lists": ("freshrec_quick_lists", "Quick lists published (last ranked list patched) for users waiting for a ranked one"),
     "published": ("freshrec_published_keys", "Redis keys written"),
     "checkpoints": ("freshrec_checkpoints", "Checkpoints written"),
     "checkpoint_errors": ("freshrec_checkpoint_errors", "Background checkpoints that failed (the previous one stays)"),

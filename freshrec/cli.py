@@ -87,8 +87,8 @@ def read_recs(settings: Settings, user_id: str) -> dict | None:
 
 
 def format_recs(doc: dict, catalogue_titles: dict[str, str] | None = None) -> str:
-    lines = [f"user {doc['user_id']}  model={doc['model']}  generated_at={doc['generated_at']}  "
-             f"event_ts={doc['event_ts']}  ({len(doc['items'])} items)"]
+    lines = [f"user {doc['user_id']}  model={doc['model']}  tier={doc.get('tier', 'ranked')}  "
+             f"generated_at={doc['generated_at']}  event_ts={doc['event_ts']}  ({len(doc['items'])} items)"]
     for rank, entry in enumerate(doc["items"], 1):
         title = (catalogue_titles or {}).get(entry["item_id"], "")
         lines.append(f"  {rank:>3}. {entry['item_id']:<12} {entry['score']:>10.5f}  {title}")

@@ -33,3 +33,13 @@ def test_status_shows_each_arm_with_its_online_metrics_and_drift():
     assert "configured: champion learning-v1, challenger rnd-v1 canary 20% (revision 4, running)" in text
     # the rate is the worker's last stats interval, which a finished replay leaves at 0: say so
     assert "throughput 10.0 events/s over the last stats interval (0 when idle)" in text
+
+
+def test_a_printed_list_says_whether_it_is_ranked_or_quick():
+    from freshrec.cli import format_recs
+
+    doc = {"user_id": "u", "model": "learning-v1", "generated_at": 2, "event_ts": 1, "tier": "quick",
+           "items": [{"item_id": "a", "score": 0.5}]}
+    assert "tier=quick" in format_recs(doc).splitlines()[0]
+    del doc["tier"]  # a document written before tiers existed
+    assert "tier=ranked" in format_recs(doc).splitlines()[0]

@@ -110,3 +110,16 @@ def test_the_event_rate_is_the_last_intervals_however_often_it_is_read():
     assert meter.tick(10_000) == 5000.0  # no time passed: the last interval's rate stands
     now[0] = 103.0
     assert meter.tick(10_500) == 500.0 and meter.rate == 500.0
+
+
+def test_quick_lists_and_ranked_freshness_have_their_own_metrics():
+    from freshrec.state.publisher import Updates
+
+    m = _metrics()
+    m.update({**m._snap, "counters": {**m._snap["counters"], "quick_lists": 4}})
+    m.observe_freshness(Updates(freshness_ms=[120, 300], ranked_freshness_ms=[4000]))
+    text = m.render().decode()
+    assert 'freshrec_quick_lists_total{app_id="app",engine="stream"} 4.0' in text
+    assert 'freshrec_freshness_seconds_count 3.0' in text  # the fixture's sample and these two
+    assert 'freshrec_ranked_freshness_seconds_count 1.0' in text
+    assert 'freshrec_ranked_freshness_seconds_bucket{le="5.0"} 1.0' in text
