@@ -24,7 +24,7 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import click
 import orjson
@@ -167,9 +167,8 @@ def reflected_at(doc: Mapping, ranked: bool = False) -> int | None:
     return doc.get("reflected_at", doc["generated_at"])
 
 
-def freshness_samples(settings: Settings, since_ms: int, ranked: bool = False) -> list[int]:
-    """How long after its ``event_ts`` each user list published after ``since_ms`` first
-    reflected it (:func:`reflected_at`; ``ranked``: ranked lists only)."""
+def lists_since(settings: Settings, since_ms: int) -> list[dict]:
+    """Every user list (decoded) published after ``since_ms`` for an event after it."""
     import redis
 
     client = redis.Redis.from_url(settings.redis_url)
@@ -180,10 +179,15 @@ def freshness_samples(settings: Settings, since_ms: int, ranked: bool = False) -
             if raw is None:
                 continue
             doc = orjson.loads(raw)
-            at = reflected_at(doc, ranked)
-            if at is not None and doc["generated_at"] >= since_ms and doc["event_ts"] >= since_ms:
-                out.append(at - doc["event_ts"])
+            if doc["generated_at"] >= since_ms and doc["event_ts"] >= since_ms:
+                out.append(doc)
     return out
+
+
+def freshness_samples(docs: Iterable[Mapping], ranked: bool = False) -> list[int]:
+    """How long after its ``event_ts`` each list of ``docs`` first reflected it
+    (:func:`reflected_at`; ``ranked``: ranked lists only)."""
+    return [at - doc["event_ts"] for doc in docs if (at := reflected_at(doc, ranked)) is not None]
 
 
 ALL_LISTS_SHARE = 0.99  # "every active user has a fresh list": this share of them
@@ -284,8 +288,9 @@ def _measure_freshness(settings: Settings, rate: float, seconds: float, users: i
     out = {"target_rate": rate, "achieved_produce_rate": round(summary.events_per_s, 1), "cores_during_phase": cores}
     users = list(newest)
     lists = current_lists(settings, users)
+    published = lists_since(settings, since)
     for tier, ranked in (("", False), ("ranked_", True)):  # any list reflecting the event; a ranked one
-        samples = freshness_samples(settings, since, ranked)
+        samples = freshness_samples(published, ranked)
         out |= {f"{tier}lists": len(samples), f"{tier}p50_ms": _percentile(samples, 0.5),
                 f"{tier}p99_ms": _percentile(samples, 0.99),
                 f"{tier}mean_ms": round(statistics.fmean(samples), 1) if samples else None,

@@ -440,8 +440,7 @@ class Pipeline:
                     updates.ranked_freshness_ms.append(fresh_ms)
                     if first is None:
                         updates.freshness_ms.append(fresh_ms)
-                self.served.put(user_id, Served(tuple(i for i, _ in scored), tuple(p for _, p in scored), wm, arm,
-                                                label, wm, first if first is not None else now))
+                self.served.put(user_id, Served(scored, wm, arm, label, wm, first if first is not None else now))
                 self.unreflected.pop(user_id, None)
                 done.append(user_id)
             t_end = time.perf_counter()
@@ -493,18 +492,16 @@ class Pipeline:
             if row is None:
                 continue
             served = self.served.get(user_id)
-            if served is None or not served.items:  # never ranked (since a restart): trending is his base
+            if served is None:  # never ranked (since a restart): trending is his base
+                arm = self.rollout.arm_of(user_id)
+                served = Served((), -1, arm, self.rollout.label(arm), -1, None)
+                self.served.put(user_id, served)
+            base = served.ranked
+            if not base:
                 if trending is None:
-                    trending = tuple((item, self.item_ctr(item))
-                                     for item, _ in self.trending.global_list[: self.settings.recs_k])
-                if served is None:
-                    arm = self.rollout.arm_of(user_id)
-                    served = Served((), (), -1, arm, self.rollout.label(arm), -1, None)
-                    self.served.put(user_id, served)
-                base, base_wm = trending, -1
-            else:
-                base, base_wm = tuple(zip(served.items, served.scores)), served.base_wm
-            scored = self.quick_list(row, base, base_wm)
+                    trending = [(item, self.item_ctr(item)) for item, _ in self.trending.global_list[: self.settings.recs_k]]
+                base = trending
+            scored = self.quick_list(row, base, served.base_wm)
             self._seq += 1
             updates.sets.append((self.keys.recs(user_id), recs_payload(
                 user_id, scored, served.label, now, row["last_ts"],

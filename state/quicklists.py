@@ -29,14 +29,13 @@ SERVED_MAX = 100_000  # users whose last ranked list is kept in memory (least re
 class Served:
     """What the worker last published for a user.
 
-    ``items``/``scores``: the last ranked list (the base of quick lists; empty for a user not
-    ranked yet, whose quick lists patch the trending list); ``base_wm``: the user
+    ``ranked``: the last ranked list, ``(item, score)`` best first (the base of quick lists;
+    empty for a user not ranked yet, whose quick lists patch the trending list); ``base_wm``: the user
     row's offset watermark that list reflected; ``reflected_wm``/``reflected_at``: the watermark
     the newest published list (ranked or quick) reflected and when a list first reflected it
     (``None``: that publish failed); ``arm``/``label``: which rollout arm and model ranked it."""
 
-    items: tuple[str, ...]
-    scores: tuple[float, ...]
+    ranked: Sequence[tuple[str, float]]
     base_wm: int
     arm: str
     label: str

@@ -89,3 +89,13 @@ def test_a_quick_list_counts_from_when_it_was_published_and_not_as_a_ranked_list
     split = made_during_and_after(newest, lists, ended_ms=5_000, ranked=True)
     assert split["during"]["lists"] == 1 and split["after"] == {"lists": 1, "p50_ms": 4_000, "p99_ms": 4_000}
     assert made_during_and_after(newest, lists, ended_ms=5_000)["after"]["lists"] == 0
+
+
+def test_freshness_samples_count_from_the_first_reflecting_list_or_the_ranked_one():
+    from freshrec.bench import freshness_samples
+
+    docs = [{"event_ts": 1_000, "generated_at": 1_200, "tier": "quick", "reflected_at": 1_200},
+            {"event_ts": 2_000, "generated_at": 5_000, "tier": "ranked", "reflected_at": 2_300},
+            {"event_ts": 3_000, "generated_at": 3_100}]  # written before tiers existed: ranked
+    assert freshness_samples(docs) == [200, 300, 100]
+    assert freshness_samples(docs, ranked=True) == [3_000, 100]

@@ -359,7 +359,7 @@ def test_a_user_not_ranked_yet_gets_trending_patched_again_with_his_next_events(
     clock, p, users = _clicked()
     first = p.collect_updates()
     user = first.quick[-1]  # the oldest of those given a quick list: not ranked for a while
-    assert p.served.get(user).items == ()
+    assert not p.served.get(user).ranked
     p.process_interactions([rec(300, click(300, user=user, item="i29", ts=clock.t))])
     again = Updates()
     p._quick_lists(clock.t, again, budget_s=60.0, skip=set())  # what a flush does before ranking

@@ -49,7 +49,7 @@ def test_engaged_since_reads_offsets_not_timestamps():
 def test_served_lists_are_bounded_least_recent_first_and_forget_users():
     served = ServedLists(max_users=2)
     for u in ("u1", "u2", "u3"):
-        served.put(u, Served(("a",), (0.5,), 0, "champion", "m-v1", 0, 1))
+        served.put(u, Served([("a", 0.5)], 0, "champion", "m-v1", 0, 1))
     assert served.get("u1") is None and len(served) == 2
     served.forget("u2")
     assert served.get("u2") is None and served.get("u3") is not None
